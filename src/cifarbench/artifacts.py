@@ -1,0 +1,146 @@
+"""The files of a run directory: metrics from scikit-learn, plots from matplotlib (Agg)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import statistics
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from sklearn.metrics import (
+    ConfusionMatrixDisplay,
+    classification_report,
+    confusion_matrix,
+    precision_recall_fscore_support,
+)
+
+HISTORY_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+
+
+def write_history(run_dir: Path, history: list[dict]) -> None:
+    tmp = run_dir / "history.csv.tmp"
+    with tmp.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=HISTORY_FIELDS)
+        writer.writeheader()
+        writer.writerows(history)
+    os.replace(tmp, run_dir / "history.csv")
+
+
+def run_metrics(history: list[dict], test, classes: tuple[str, ...], extra: dict[str, Any]) -> dict[str, Any]:
+    """Everything a report table needs about one finished run. Accuracy and error are percent."""
+    y_true, y_pred = test.labels.numpy(), test.predictions.numpy()
+    labels = list(range(len(classes)))
+    test_metrics: dict[str, Any] = {"loss": test.loss, "accuracy": test.accuracy, "error": 100.0 - test.accuracy}
+    for average in ("macro", "weighted"):
+        p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, labels=labels, average=average, zero_division=0)
+        test_metrics.update({f"precision_{average}": p, f"recall_{average}": r, f"f1_{average}": f})
+    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    test_metrics["per_class"] = {
+        name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+        for i, name in enumerate(classes)
+    }
+    last = history[-1]
+    seconds = [row["seconds"] for row in history]
+    return {
+        **{k: extra.pop(k) for k in ("status",) if k in extra},
+        "train": {"loss": last["train_loss"], "accuracy": last["train_acc"]},
+        "val": {"loss": last["val_loss"], "accuracy": last["val_acc"]},
+        "test": test_metrics,
+        "epochs_run": len(history),
+        "epoch_seconds": seconds,
+        "median_epoch_seconds": statistics.median(seconds),
+        **extra,
+    }
+
+
+def write_run(
+    run_dir: Path,
+    metrics: dict[str, Any],
+    test,
+    test_images: torch.Tensor,
+    classes: tuple[str, ...],
+    history: list[dict],
+) -> None:
+    y_true, y_pred = test.labels.numpy(), test.predictions.numpy()
+    labels = list(range(len(classes)))
+    write_confusion_matrix(run_dir, confusion_matrix(y_true, y_pred, labels=labels), classes)
+    report = classification_report(y_true, y_pred, labels=labels, target_names=list(classes), digits=4, zero_division=0)
+    write_text_atomic(run_dir / "classification_report.txt", report)
+    plot_curves(history, run_dir / "curves.png")
+    plot_samples(test_images, y_true, y_pred, classes, run_dir / "samples.png")
+    write_json(run_dir / "metrics.json", metrics)  # last: its presence means the run finished
+
+
+def write_confusion_matrix(run_dir: Path, matrix: np.ndarray, classes: tuple[str, ...]) -> None:
+    with (run_dir / "confusion_matrix.csv").open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["true \\ predicted", *classes])
+        for name, row in zip(classes, matrix, strict=True):
+            writer.writerow([name, *row.tolist()])
+    row_sums = matrix.sum(axis=1, keepdims=True)
+    normalised = np.divide(matrix, row_sums, out=np.zeros(matrix.shape), where=row_sums > 0)
+    fig, axes = plt.subplots(1, 2, figsize=(17, 7))
+    for ax, data, title, fmt in ((axes[0], matrix, "counts", "d"), (axes[1], normalised, "row-normalised", ".2f")):
+        ConfusionMatrixDisplay(data, display_labels=list(classes)).plot(
+            ax=ax, cmap="Blues", values_format=fmt, colorbar=False, xticks_rotation=45
+        )
+        ax.set_title(f"Confusion matrix ({title})")
+    fig.tight_layout()
+    fig.savefig(run_dir / "confusion_matrix.png", dpi=100)
+    plt.close(fig)
+
+
+def plot_curves(history: list[dict], path: Path) -> None:
+    epochs = [row["epoch"] for row in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    for split in ("train", "val"):
+        ax_loss.plot(epochs, [row[f"{split}_loss"] for row in history], marker="o", label=split)
+        ax_acc.plot(epochs, [row[f"{split}_acc"] for row in history], marker="o", label=split)
+    for ax, what in ((ax_loss, "loss"), (ax_acc, "accuracy (%)")):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(what)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_samples(
+    images: torch.Tensor, y_true: np.ndarray, y_pred: np.ndarray, classes: tuple[str, ...], path: Path, count: int = 32
+) -> None:
+    """A grid of test images titled 'predicted (true)': green when right, red when wrong.
+
+    The images are spread evenly over the test set, which is ordered by class, so every class shows.
+    """
+    picks = np.linspace(0, len(images) - 1, min(count, len(images))).round().astype(int)
+    cols = 8
+    rows = max(1, -(-len(picks) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.6, rows * 1.8), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, picks, strict=False):
+        ax.imshow(images[i].permute(1, 2, 0).numpy())
+        right = y_pred[i] == y_true[i]
+        ax.set_title(f"{classes[y_pred[i]]}\n({classes[y_true[i]]})", fontsize=8, color="green" if right else "red")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

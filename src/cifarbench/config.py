@@ -1,0 +1,58 @@
+"""Where the YAML configs are, and the resolver that gives each run its own directory."""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
+
+GROUPS = ("data", "model", "optimizer", "scheduler", "augmentation", "experiment")
+
+
+def config_dir() -> Path:
+    """conf/ ships inside the wheel as cifarbench/conf; in a source checkout it is the repo's conf/."""
+    for candidate in (Path(__file__).parent / "conf", Path(__file__).resolve().parents[2] / "conf"):
+        if (candidate / "config.yaml").is_file():
+            return candidate
+    raise FileNotFoundError("cifarbench's conf/ folder is missing from this installation")
+
+
+def group_options(group: str) -> list[str]:
+    folder = config_dir() / group
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+_claimed: dict[str, str] = {}
+
+
+def claim_run_dir(kind: str, *, _root_: DictConfig) -> str:
+    """`<output_root>/<name>/<date>_<time>`, with `_1`, `_2`... appended if this process could not
+    create it first (os.mkdir is atomic, so two runs started in the same second never share a
+    directory). Sweeps go to `<output_root>/<name or multirun>/<date>_<time>`, one subfolder per job.
+
+    The answer is remembered because Hydra resolves the directory more than once.
+    """
+    if kind not in _claimed:
+        try:
+            name = str(_root_.name)
+        except InterpolationResolutionError:  # a sweep's default name (the model) is per job
+            name = "multirun"
+        base = os.path.join(str(_root_.output_root), name, datetime.now().strftime("%Y-%m-%d_%H-%M-%S"))
+        candidate, n = base, 0
+        while True:
+            try:
+                os.makedirs(candidate)
+                break
+            except FileExistsError:
+                n += 1
+                candidate = f"{base}_{n}"
+        _claimed[kind] = candidate
+    return _claimed[kind]
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("cifarbench_run_dir"):
+        OmegaConf.register_new_resolver("cifarbench_run_dir", claim_run_dir)

@@ -1,0 +1,61 @@
+"""Learning-rate schedules (conf/scheduler/*): torch.optim.lr_scheduler classes via Hydra.
+
+Besides the `_partial_` constructor, a scheduler YAML says when it steps: `interval: epoch` or
+`interval: step` (every batch). `_target_: null` means a constant learning rate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import optim
+from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
+
+from cifarbench.errors import UserError
+
+OWN_KEYS = ("interval",)
+INTERVALS = ("epoch", "step")
+
+
+@dataclass
+class Schedule:
+    scheduler: LRScheduler | ReduceLROnPlateau | None
+    interval: str
+
+    def after_batch(self) -> None:
+        if self.scheduler is not None and self.interval == "step":
+            self.scheduler.step()
+
+    def after_epoch(self, val_loss: float) -> None:
+        if self.scheduler is None or self.interval != "epoch":
+            return
+        if isinstance(self.scheduler, ReduceLROnPlateau):
+            self.scheduler.step(val_loss)
+        else:
+            self.scheduler.step()
+
+    def state_dict(self) -> dict | None:
+        return None if self.scheduler is None else self.scheduler.state_dict()
+
+    def load_state_dict(self, state: dict | None) -> None:
+        if self.scheduler is not None and state is not None:
+            self.scheduler.load_state_dict(state)
+
+
+def build_schedule(
+    scheduler_cfg: DictConfig, optimizer: optim.Optimizer, epochs: int, steps_per_epoch: int
+) -> Schedule:
+    cfg = OmegaConf.to_container(scheduler_cfg, resolve=True)
+    interval = cfg.pop("interval", "epoch")
+    if interval not in INTERVALS:
+        raise UserError(f"scheduler.interval={interval!r} is not known; choose one of {', '.join(INTERVALS)}")
+    if cfg.get("_target_") is None:
+        return Schedule(None, interval)
+    # Schedules that need the run's length get it from the run, so `epochs=N` is all a user changes.
+    total = epochs * (steps_per_epoch if interval == "step" else 1)
+    for key in ("total_steps", "T_max", "total_iters"):
+        if cfg.get(key, "") is None:
+            cfg[key] = total
+    return Schedule(instantiate(cfg)(optimizer), interval)

@@ -1,0 +1,58 @@
+"""Shared fixtures: the real CIFAR-10 copy in ../shared/data, imported once per test session."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+
+# A smoke run: tiny class-balanced subsets of the real data, CPU, no bars.
+SMOKE = [
+    "device=cpu",
+    "progress=false",
+    "data.train_subset=300",
+    "data.val_size=100",
+    "data.test_subset=200",
+    "batch_size=64",
+]
+
+
+def cli(*args: str, cwd: Path, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """Run the installed console script, as a user would."""
+    full_env = {**os.environ, **(env or {})}
+    result = subprocess.run(["cifarbench", *args], cwd=cwd, env=full_env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"cifarbench {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def shared_archive() -> Path:
+    if not SHARED_ARCHIVE.is_file():
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must have the real data at {SHARED_ARCHIVE}")
+        pytest.skip(f"real CIFAR-10 archive not found at {SHARED_ARCHIVE} (only on this project's machines)")
+    return SHARED_ARCHIVE
+
+
+@pytest.fixture(scope="session")
+def data_root(shared_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shared archive imported through the real CLI into a session-wide data root."""
+    root = tmp_path_factory.mktemp("data")
+    cli("data", "import", str(shared_archive), "--root", str(root), cwd=root)
+    return root
+
+
+@pytest.fixture
+def run_env(data_root: Path) -> dict:
+    return {"CIFARBENCH_DATA": str(data_root)}
+
+
+def python() -> str:
+    return sys.executable
