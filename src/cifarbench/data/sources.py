@@ -24,9 +24,7 @@ from cifarbench.errors import UserError
 
 log = logging.getLogger(__name__)
 
-CLASSES: tuple[str, ...] = (
-    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
-)
+CLASSES: tuple[str, ...] = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 SPLITS: tuple[str, ...] = ("train", "test")
 STANDARD_COUNTS = {"train": 50_000, "test": 10_000}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
@@ -174,9 +172,7 @@ def _decode(source: Path, member: str, payload: bytes) -> torch.Tensor:
     except (OSError, SyntaxError, ValueError) as exc:  # PIL's ways of saying "not an image I can read"
         raise UserError(f"{source}: image {member} does not decode ({exc})") from None
     if pixels is None:
-        raise UserError(
-            f"{source}: image {member} is {size[0]}x{size[1]} {mode}; CIFAR-10 images must be 32x32 RGB"
-        )
+        raise UserError(f"{source}: image {member} is {size[0]}x{size[1]} {mode}; CIFAR-10 images must be 32x32 RGB")
     return torch.from_numpy(pixels).permute(2, 0, 1)
 
 
