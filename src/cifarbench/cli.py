@@ -20,6 +20,7 @@ log = logging.getLogger("cifarbench")
 COMMANDS = {
     "train": "train a model (Hydra overrides; -m for a sweep)",
     "data": "data import PATH: decode a CIFAR-10 copy once into the data cache",
+    "models": "list every model with its parameter counts (and the reports' counts)",
 }
 
 
@@ -61,6 +62,11 @@ def main(argv: list[str] | None = None) -> int:
             return train(rest)
         if command == "data":
             return data_command(rest)
+        if command == "models":
+            from cifarbench.models.catalog import catalog, format_catalog
+
+            print(format_catalog(catalog()))
+            return 0
     except UserError as exc:
         return fail(str(exc))
     return fail(f"unknown command {command!r}; choose one of: {', '.join(COMMANDS)} (see cifarbench --help)")

@@ -8,7 +8,7 @@ from torch import nn
 
 
 def build_model(model_cfg: DictConfig) -> nn.Module:
-    return instantiate(model_cfg)
+    return instantiate(model_cfg, _convert_="all")
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
