@@ -44,3 +44,111 @@ class FlipCrop:
         idx_b = torch.arange(batch, device=device).view(batch, 1, 1, 1)
         idx_c = torch.arange(images.shape[1], device=device).view(1, -1, 1, 1)
         return padded[idx_b, idx_c, rows.view(batch, 1, height, 1), cols.view(batch, 1, 1, width)]
+
+
+class Compose:
+    """Several augmentations in order, e.g. flip+crop then cutout."""
+
+    def __init__(self, steps: list) -> None:
+        self.steps = steps
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        for step in self.steps:
+            images = step(images, generator)
+        return images
+
+
+class ShiftRotate:
+    """Random shifts (up to `shift` of the size) and rotations (up to `degrees`) plus horizontal
+    flips, like Keras' ImageDataGenerator in 003: one affine warp per image, all images of the batch
+    in one `grid_sample`. Pixels shifted in from outside repeat the border (Keras' 'nearest' fill)."""
+
+    def __init__(self, shift: float = 0.1, degrees: float = 15.0, flip: bool = True) -> None:
+        self.shift = shift
+        self.degrees = degrees
+        self.flip = flip
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        batch = images.shape[0]
+        device = images.device
+
+        def uniform(low: float, high: float) -> torch.Tensor:
+            return low + (high - low) * torch.rand(batch, device=device, generator=generator)
+
+        angle = torch.deg2rad(uniform(-self.degrees, self.degrees))
+        # affine_grid works in [-1, 1] coordinates: a shift of s of the size is 2s there
+        tx, ty = uniform(-2 * self.shift, 2 * self.shift), uniform(-2 * self.shift, 2 * self.shift)
+        sign = torch.ones(batch, device=device)
+        if self.flip:
+            sign = torch.where(torch.rand(batch, device=device, generator=generator) < 0.5, -sign, sign)
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        theta = torch.stack([torch.stack([cos * sign, -sin, tx], 1), torch.stack([sin * sign, cos, ty], 1)], 1)
+        grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+        warped = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+        return warped.round_().clamp_(0, 255).to(torch.uint8)
+
+
+class Cutout:
+    """Zero a random `size` x `size` square per image (DeVries & Taylor, 2017); the square may hang
+    over the border, so on average less than size^2 pixels are cut."""
+
+    def __init__(self, size: int = 16) -> None:
+        self.size = size
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        batch, _, height, width = images.shape
+        device = images.device
+        top = torch.randint(0, height, (batch, 1, 1), device=device, generator=generator) - self.size // 2
+        left = torch.randint(0, width, (batch, 1, 1), device=device, generator=generator) - self.size // 2
+        ys = torch.arange(height, device=device).view(1, height, 1)
+        xs = torch.arange(width, device=device).view(1, 1, width)
+        inside = (ys >= top) & (ys < top + self.size) & (xs >= left) & (xs < left + self.size)
+        return images.masked_fill(inside.unsqueeze(1), 0)
+
+
+class TorchvisionPolicy:
+    """torchvision's AutoAugment (CIFAR-10 policy), RandAugment or TrivialAugmentWide, applied image
+    by image: a torchvision transform called on a whole batch would draw one operation for all of it.
+
+    The per-image loop costs Python time per image (about 0.1 ms); the draws come from torch's global
+    generator, which `seed` also fixes.
+    """
+
+    def __init__(self, policy: str = "autoaugment", num_ops: int = 2, magnitude: int = 9) -> None:
+        from torchvision.transforms import v2
+
+        policies = {
+            "autoaugment": lambda: v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10),
+            "randaugment": lambda: v2.RandAugment(num_ops=num_ops, magnitude=magnitude),
+            "trivialaugment": lambda: v2.TrivialAugmentWide(),
+        }
+        if policy not in policies:
+            from cifarbench.errors import UserError
+
+            raise UserError(f"augmentation.policy={policy!r} is not known; choose one of {', '.join(policies)}")
+        self.transform = policies[policy]()
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return torch.stack([self.transform(image) for image in images.cpu()]).to(images.device)
+
+
+class BatchMix:
+    """MixUp and/or CutMix on a normalised batch (torchvision.transforms.v2): returns the mixed
+    images and soft targets. With both on, each batch picks one of the two at random."""
+
+    def __init__(self, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, num_classes: int = 10) -> None:
+        from torchvision.transforms import v2
+
+        mixers = []
+        if mixup_alpha > 0:
+            mixers.append(v2.MixUp(alpha=mixup_alpha, num_classes=num_classes))
+        if cutmix_alpha > 0:
+            mixers.append(v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes))
+        self.mix = (mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)) if mixers else None
+
+    @property
+    def enabled(self) -> bool:
+        return self.mix is not None
+
+    def __call__(self, inputs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.mix(inputs, labels)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import optim
-from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
+from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, ReduceLROnPlateau, SequentialLR
 
 from cifarbench.errors import UserError
 
@@ -59,3 +59,23 @@ def build_schedule(
         if cfg.get(key, "") is None:
             cfg[key] = total
     return Schedule(instantiate(cfg)(optimizer), interval)
+
+
+def warmup_cosine(
+    optimizer: optim.Optimizer,
+    total_steps: int,
+    warmup_fraction: float = 0.1,
+    start_factor: float = 0.01,
+    eta_min: float = 0.0,
+) -> SequentialLR:
+    """Linear warm-up over the first `warmup_fraction` of the steps, then cosine decay: torch's own
+    LinearLR and CosineAnnealingLR chained by SequentialLR."""
+    warmup = max(1, round(warmup_fraction * total_steps))
+    return SequentialLR(
+        optimizer,
+        schedulers=[
+            LinearLR(optimizer, start_factor=start_factor, end_factor=1.0, total_iters=warmup),
+            CosineAnnealingLR(optimizer, T_max=max(1, total_steps - warmup), eta_min=eta_min),
+        ],
+        milestones=[warmup],
+    )

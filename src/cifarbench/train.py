@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -20,15 +20,18 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from cifarbench import artifacts
+from cifarbench.augmentation import BatchMix
 from cifarbench.checkpoint import save_checkpoint
 from cifarbench.data import CLASSES, Normalize, Split, load_cifar10, make_splits
 from cifarbench.models import build_model, count_parameters
 from cifarbench.optimizers import build_optimizer
 from cifarbench.runtime import Precision, select_device, select_precision, versions
 from cifarbench.schedulers import Schedule, build_schedule
+from cifarbench.stopping import BestTracker
 
 log = logging.getLogger("cifarbench")
 
@@ -52,20 +55,28 @@ def batch_indices(n: int, batch_size: int, generator: torch.Generator | None) ->
     return batches
 
 
+@dataclass
+class Step:
+    """What one optimisation step needs; built once per run by `fit`."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule
+    scaler: torch.amp.GradScaler
+    precision: Precision
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+    normalize: Normalize
+    batch_mix: BatchMix
+    label_smoothing: float
+    grad_clip: float | None
+    ema: AveragedModel | None
+
+
 def train_one_epoch(
-    model: nn.Module,
-    train: Split,
-    batch_size: int,
-    augment,
-    normalize: Normalize,
-    optimizer: torch.optim.Optimizer,
-    schedule: Schedule,
-    precision: Precision,
-    scaler: torch.amp.GradScaler,
-    generator: torch.Generator,
-    progress: bool,
+    step: Step, train: Split, batch_size: int, generator: torch.Generator, progress: bool
 ) -> tuple[float, float]:
     """One pass over the shuffled training split; returns (mean loss, accuracy %)."""
+    model = step.model
     model.train()
     device = train.labels.device
     # Loss and hits stay on the device; reading them every batch would force a sync per step.
@@ -73,22 +84,30 @@ def train_one_epoch(
     hits = torch.zeros((), device=device, dtype=torch.int64)
     seen = 0
     bar = tqdm(batch_indices(len(train), batch_size, generator), desc="train", leave=False, disable=not progress)
-    for step, idx in enumerate(bar):
+    for i, idx in enumerate(bar):
         idx = idx.to(device, non_blocking=True)
-        inputs = normalize(augment(train.images[idx], generator))
+        inputs = step.normalize(step.augment(train.images[idx], generator))
         labels = train.labels[idx]
-        with precision.autocast():
+        targets = labels
+        if step.batch_mix.enabled:
+            inputs, targets = step.batch_mix(inputs, labels)  # soft targets
+        with step.precision.autocast():
             logits = model(inputs)
-            loss = F.cross_entropy(logits.float(), labels)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        schedule.after_batch()
+        loss = F.cross_entropy(logits.float(), targets, label_smoothing=step.label_smoothing)
+        step.optimizer.zero_grad(set_to_none=True)
+        step.scaler.scale(loss).backward()
+        if step.grad_clip:
+            step.scaler.unscale_(step.optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), step.grad_clip)
+        step.scaler.step(step.optimizer)
+        step.scaler.update()
+        step.schedule.after_batch()
+        if step.ema is not None:
+            step.ema.update_parameters(model)
         loss_sum += loss.detach() * len(idx)
         hits += (logits.argmax(1) == labels).sum()
         seen += len(idx)
-        if progress and step % 20 == 0:
+        if progress and i % 20 == 0:
             bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{100 * hits.item() / seen:.1f}")
     return loss_sum.item() / seen, 100.0 * hits.item() / seen
 
@@ -113,7 +132,7 @@ def evaluate(model: nn.Module, split: Split, normalize: Normalize, precision: Pr
 def fit(cfg: DictConfig, run_dir: Path) -> dict:
     """Train `cfg` and write its run directory; returns metrics.json's content."""
     started = datetime.now()
-    torch.manual_seed(cfg.seed)  # model initialisation
+    torch.manual_seed(cfg.seed)  # model initialisation, and the global draws of mixup/policies
     device = select_device(cfg.device)
     precision = select_precision(cfg.precision, device)
 
@@ -141,90 +160,75 @@ def fit(cfg: DictConfig, run_dir: Path) -> dict:
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     total_params, trainable_params = count_parameters(model)
-    augment = instantiate(cfg.augmentation)
     optimizer = build_optimizer(cfg.optimizer, model)
     steps_per_epoch = len(batch_indices(len(splits.train), cfg.batch_size, generator.clone_state()))
-    schedule = build_schedule(cfg.scheduler, optimizer, cfg.epochs, steps_per_epoch)
-    scaler = precision.grad_scaler()
-    log.info(
-        "model: %s, %.2fM parameters (%.2fM trainable)",
-        type(model).__name__,
-        total_params / 1e6,
-        trainable_params / 1e6,
+    step = Step(
+        model=model,
+        optimizer=optimizer,
+        schedule=build_schedule(cfg.scheduler, optimizer, cfg.epochs, steps_per_epoch),
+        scaler=precision.grad_scaler(),
+        precision=precision,
+        augment=instantiate(cfg.augmentation),
+        normalize=normalize,
+        batch_mix=BatchMix(cfg.mixup_alpha, cfg.cutmix_alpha, len(CLASSES)),
+        label_smoothing=cfg.label_smoothing,
+        grad_clip=cfg.grad_clip,
+        ema=AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+        if cfg.ema_decay
+        else None,
     )
+    evaluated = step.ema.module if step.ema is not None else model  # EMA on: its weights are the result
+    tracker = BestTracker(
+        cfg.monitor,
+        cfg.early_stopping.min_delta,
+        cfg.early_stopping.patience if cfg.early_stopping.enabled else None,
+    )
+    log.info("model: %s, %.2fM parameters (%.2fM trainable)", type(model).__name__, total_params / 1e6,
+             trainable_params / 1e6)  # fmt: skip
 
     config = OmegaConf.to_container(cfg, resolve=True)
     history: list[dict] = []
-    best_acc, best_epoch, best_state = -math.inf, 0, None
+    best_state, stop_reason = None, None
     epochs_bar = tqdm(range(1, cfg.epochs + 1), desc="epochs", disable=not cfg.progress)
     for epoch in epochs_bar:
         lr = optimizer.param_groups[0]["lr"]
         tic = time.perf_counter()
-        train_loss, train_acc = train_one_epoch(
-            model,
-            splits.train,
-            cfg.batch_size,
-            augment,
-            normalize,
-            optimizer,
-            schedule,
-            precision,
-            scaler,
-            generator,
-            cfg.progress,
-        )
-        val = evaluate(model, splits.val, normalize, precision, cfg.eval_batch_size)
-        schedule.after_epoch(val.loss)
+        train_loss, train_acc = train_one_epoch(step, splits.train, cfg.batch_size, generator, cfg.progress)
+        val = evaluate(evaluated, splits.val, normalize, precision, cfg.eval_batch_size)
+        step.schedule.after_epoch(val.loss)
         seconds = time.perf_counter() - tic
-        history.append(
-            {
-                "epoch": epoch,
-                "lr": lr,
-                "train_loss": train_loss,
-                "train_acc": train_acc,
-                "val_loss": val.loss,
-                "val_acc": val.accuracy,
-                "seconds": seconds,
-            }
-        )
-        log.info(
-            "epoch %d/%d  lr %.3g  train loss %.4f acc %.2f%%  val loss %.4f acc %.2f%%  %.1fs",
-            epoch,
-            cfg.epochs,
-            lr,
-            train_loss,
-            train_acc,
-            val.loss,
-            val.accuracy,
-            seconds,
-        )
+        history.append({"epoch": epoch, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
+                        "val_loss": val.loss, "val_acc": val.accuracy, "seconds": seconds})  # fmt: skip
+        log.info("epoch %d/%d  lr %.3g  train loss %.4f acc %.2f%%  val loss %.4f acc %.2f%%  %.1fs", epoch,
+                 cfg.epochs, lr, train_loss, train_acc, val.loss, val.accuracy, seconds)  # fmt: skip
         epochs_bar.set_postfix(val_acc=f"{val.accuracy:.2f}")
 
         state = {
             "model": model.state_dict(),
+            "ema": step.ema.state_dict() if step.ema is not None else None,
             "optimizer": optimizer.state_dict(),
-            "scheduler": schedule.state_dict(),
+            "scheduler": step.schedule.state_dict(),
+            "tracker": tracker.state_dict(),
             "epoch": epoch,
             "config": config,
             "history": history,
         }
-        if val.accuracy > best_acc:
-            best_acc, best_epoch = val.accuracy, epoch
-            best_state = copy.deepcopy(model.state_dict())
-            save_checkpoint(run_dir / "checkpoints" / "best.pt", state)
-        save_checkpoint(run_dir / "checkpoints" / "last.pt", state)
+        if tracker.update(epoch, val.loss if cfg.monitor == "val_loss" else val.accuracy):
+            best_state = copy.deepcopy(evaluated.state_dict())
+            save_checkpoint(run_dir / "checkpoints" / "best.pt", {**state, "tracker": tracker.state_dict()})
+        save_checkpoint(run_dir / "checkpoints" / "last.pt", {**state, "tracker": tracker.state_dict()})
         artifacts.write_history(run_dir, history)
+        if tracker.should_stop:
+            stop_reason = f"early stopping at epoch {epoch}: {tracker.reason()}"
+            log.info(stop_reason)
+            break
 
     if cfg.test_weights == "best" and best_state is not None:
-        model.load_state_dict(best_state)
-    test = evaluate(model, splits.test, normalize, precision, cfg.eval_batch_size)
-    log.info(
-        "test (%s weights, epoch %d): loss %.4f acc %.2f%%",
-        cfg.test_weights,
-        best_epoch if cfg.test_weights == "best" else len(history),
-        test.loss,
-        test.accuracy,
-    )
+        evaluated.load_state_dict(best_state)  # also "restores the best weights" after early stopping
+    test = evaluate(evaluated, splits.test, normalize, precision, cfg.eval_batch_size)
+    test_epoch = tracker.best_epoch if cfg.test_weights == "best" else len(history)
+    log.info("test (%s weights, epoch %d): loss %.4f acc %.2f%%", cfg.test_weights, test_epoch, test.loss,
+             test.accuracy)  # fmt: skip
 
     metrics = artifacts.run_metrics(
         history=history,
@@ -232,8 +236,12 @@ def fit(cfg: DictConfig, run_dir: Path) -> dict:
         classes=CLASSES,
         extra={
             "status": "completed",
-            "best_epoch": best_epoch,
+            "stopped_early": stop_reason,
+            "monitor": cfg.monitor,
+            "best_epoch": tracker.best_epoch,
             "test_weights": cfg.test_weights,
+            "test_weights_epoch": test_epoch,
+            "ema": bool(cfg.ema_decay),
             "val_is_test": splits.val_is_test,
             "data_sizes": {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)},
             "params": {"total": total_params, "trainable": trainable_params},

@@ -1,0 +1,237 @@
+"""Optimizers, schedules, augmentation, early stopping, label smoothing and EMA (unit level)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from cifarbench.augmentation import BatchMix, NoAugmentation
+from cifarbench.config import config_dir, group_options
+from cifarbench.data import Normalize, Split
+from cifarbench.optimizers import build_optimizer
+from cifarbench.runtime import select_precision
+from cifarbench.schedulers import build_schedule
+from cifarbench.stopping import BestTracker
+from cifarbench.train import Step, train_one_epoch
+
+
+def group_cfg(group: str, name: str, **overrides):
+    return OmegaConf.merge(OmegaConf.load(config_dir() / group / f"{name}.yaml"), overrides)
+
+
+def tiny_optimizer(lr: float = 1.0) -> torch.optim.Optimizer:
+    return torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=lr)
+
+
+# --- optimizers -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "adamax", "sgd", "rmsprop"])
+def test_every_optimizer_builds_from_yaml(name: str) -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    optimizer = build_optimizer(group_cfg("optimizer", name, weight_decay=0.1), model)
+    assert type(optimizer).__name__.lower() == name.replace("sgd", "sgd")
+    assert all(group["weight_decay"] in (0.1, 0.0) for group in optimizer.param_groups)
+
+
+def test_no_decay_on_norm_and_bias() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    optimizer = build_optimizer(group_cfg("optimizer", "sgd", weight_decay=0.1, decay_norm_and_bias=False), model)
+    decayed, plain = optimizer.param_groups
+    assert [p.shape for p in decayed["params"]] == [model[0].weight.shape] and decayed["weight_decay"] == 0.1
+    assert len(plain["params"]) == 3 and plain["weight_decay"] == 0.0  # conv bias, BN weight and bias
+    nesterov = build_optimizer(group_cfg("optimizer", "sgd", nesterov=True), model)
+    assert nesterov.param_groups[0]["nesterov"] is True
+
+
+# --- schedules --------------------------------------------------------------------------------
+
+
+def lrs_per_epoch(name: str, epochs: int, steps: int, val_losses=None, **overrides) -> list[float]:
+    optimizer = tiny_optimizer(lr=1.0)
+    schedule = build_schedule(group_cfg("scheduler", name, **overrides), optimizer, epochs, steps)
+    seen = []
+    for epoch in range(epochs):
+        seen.append(optimizer.param_groups[0]["lr"])
+        for _ in range(steps):
+            optimizer.step()
+            schedule.after_batch()
+        schedule.after_epoch(val_losses[epoch] if val_losses else 1.0)
+    return seen
+
+
+def test_step_drops_by_gamma_at_step_size() -> None:
+    assert lrs_per_epoch("step", 12, 3, step_size=5, gamma=0.1) == pytest.approx([1.0] * 5 + [0.1] * 5 + [0.01] * 2)
+
+
+def test_plateau_halves_after_patience_epochs_without_improvement() -> None:
+    losses = [1.0, 0.9] + [0.95] * 8  # best at epoch 2, then no improvement
+    lrs = lrs_per_epoch("plateau", 10, 2, val_losses=losses, factor=0.5, patience=5)
+    # epochs 3..7 are the 5 bad epochs allowed; the 6th (epoch 8) halves the lr for epoch 9
+    assert lrs == pytest.approx([1.0] * 8 + [0.5, 0.5])
+
+
+def test_cosine_spans_the_run() -> None:
+    lrs = lrs_per_epoch("cosine", 10, 1)
+    assert lrs[0] == 1.0 and lrs[5] == pytest.approx(0.5) and lrs[-1] < 0.03
+
+
+def test_warmup_cosine_shape() -> None:
+    optimizer = tiny_optimizer(lr=1.0)
+    schedule = build_schedule(group_cfg("scheduler", "warmup_cosine", warmup_fraction=0.2), optimizer, 5, 10)
+    lrs = []
+    for _ in range(50):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.after_batch()
+    warmup, decay = lrs[:10], lrs[10:]
+    assert warmup[0] == pytest.approx(0.01) and all(b > a for a, b in zip(warmup, warmup[1:], strict=False))
+    assert max(lrs) == pytest.approx(1.0) and lrs.index(max(lrs)) == 10
+    assert all(b < a for a, b in zip(decay, decay[1:], strict=False)) and decay[-1] < 0.01
+
+
+def test_onecycle_total_steps_is_epochs_times_batches() -> None:
+    optimizer = tiny_optimizer()
+    schedule = build_schedule(group_cfg("scheduler", "onecycle"), optimizer, epochs=3, steps_per_epoch=7)
+    assert schedule.scheduler.total_steps == 21 and schedule.interval == "step"
+    for _ in range(20):  # torch raises if stepped past total_steps
+        optimizer.step()
+        schedule.after_batch()
+    assert optimizer.param_groups[0]["lr"] < 0.1 / 25
+
+
+# --- augmentation ------------------------------------------------------------------------------
+
+AUGMENTATIONS = group_options("augmentation")
+
+
+@pytest.fixture
+def same_image_batch() -> torch.Tensor:
+    torch.manual_seed(0)
+    image = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)
+    return image.expand(64, 3, 32, 32).contiguous()
+
+
+@pytest.mark.parametrize("name", AUGMENTATIONS)
+def test_augmentation_keeps_shape_and_dtype(name: str, same_image_batch: torch.Tensor) -> None:
+    out = instantiate(group_cfg("augmentation", name))(same_image_batch, torch.Generator().manual_seed(0))
+    assert out.shape == same_image_batch.shape and out.dtype == torch.uint8
+
+
+@pytest.mark.parametrize("name", [a for a in AUGMENTATIONS if a != "none"])
+def test_randomness_is_drawn_per_image(name: str, same_image_batch: torch.Tensor) -> None:
+    torch.manual_seed(0)
+    out = instantiate(group_cfg("augmentation", name))(same_image_batch, torch.Generator().manual_seed(0))
+    distinct = {bytes(img.numpy()) for img in out}
+    assert len(distinct) > 16, f"{name}: only {len(distinct)} distinct results for 64 copies of one image"
+
+
+def test_none_is_the_identity(same_image_batch: torch.Tensor) -> None:
+    out = instantiate(group_cfg("augmentation", "none"))(same_image_batch, torch.Generator())
+    assert torch.equal(out, same_image_batch)
+
+
+def test_flip_probability_is_one_half() -> None:
+    images = torch.arange(32, dtype=torch.uint8).view(1, 1, 1, 32).expand(4000, 3, 32, 32).contiguous()
+    out = instantiate(group_cfg("augmentation", "flipcrop", padding=0))(images, torch.Generator().manual_seed(1))
+    flipped = (out[:, 0, 0, 0] == 31).float().mean().item()
+    assert abs(flipped - 0.5) < 0.03
+    assert torch.equal(out[0, 0, 0], images[0, 0, 0]) or torch.equal(out[0, 0, 0], images[0, 0, 0].flip(0))
+
+
+def test_crop_offsets_cover_the_padding() -> None:
+    images = torch.full((2000, 1, 32, 32), 255, dtype=torch.uint8)
+    out = instantiate(group_cfg("augmentation", "flipcrop", flip=False))(images, torch.Generator().manual_seed(2))
+    zero_rows = (out[:, 0, :, 16] == 0).sum(1)  # zero padding shows as black rows: 0..4 of them
+    assert set(zero_rows.tolist()) == {0, 1, 2, 3, 4}
+
+
+def test_batch_mix_gives_soft_targets() -> None:
+    torch.manual_seed(0)
+    inputs, labels = torch.randn(8, 3, 32, 32), torch.arange(8)
+    mixed, targets = BatchMix(mixup_alpha=1.0)(inputs, labels)
+    assert targets.shape == (8, 10) and torch.allclose(targets.sum(1), torch.ones(8))
+    assert not torch.equal(mixed, inputs)
+    assert not BatchMix().enabled
+
+
+# --- early stopping ----------------------------------------------------------------------------
+
+
+def test_early_stopping_on_a_scripted_curve() -> None:
+    tracker = BestTracker("val_loss", min_delta=0.01, patience=3)
+    curve = [1.0, 0.8, 0.7, 0.695, 0.71, 0.692, 0.75, 0.5]  # best 0.7 at epoch 3; 0.695, 0.692: gain < 0.01
+    stopped = None
+    for epoch, value in enumerate(curve, start=1):
+        tracker.update(epoch, value)
+        if tracker.should_stop:
+            stopped = epoch
+            break
+    assert stopped == 6 and tracker.best_epoch == 3 and tracker.best == 0.7
+    accuracy = BestTracker("val_acc")
+    assert accuracy.update(1, 50.0) and accuracy.update(2, 60.0) and not accuracy.update(3, 55.0)
+    assert not accuracy.should_stop  # no patience: never stops
+
+
+# --- label smoothing and EMA -------------------------------------------------------------------
+
+
+def make_step(model: nn.Module, lr: float, label_smoothing: float = 0.0, ema_decay: float | None = None) -> Step:
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    return Step(
+        model=model,
+        optimizer=optimizer,
+        schedule=build_schedule(group_cfg("scheduler", "none"), optimizer, 1, 1),
+        scaler=torch.amp.GradScaler("cpu", enabled=False),
+        precision=select_precision("fp32", torch.device("cpu")),
+        augment=NoAugmentation(),
+        normalize=Normalize("unit", torch.device("cpu"), channels_last=False),
+        batch_mix=BatchMix(),
+        label_smoothing=label_smoothing,
+        grad_clip=None,
+        ema=AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True) if ema_decay else None,
+    )
+
+
+@pytest.fixture
+def tiny_split() -> Split:
+    torch.manual_seed(0)
+    return Split(torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8), torch.arange(40) % 10)
+
+
+def test_label_smoothing_reaches_the_loss(tiny_split: Split) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))
+    with torch.no_grad():
+        model[1].weight.mul_(30)  # confident predictions, where smoothing matters
+    expected = {}
+    logits = model(tiny_split.images.float() / 255)
+    for eps in (0.0, 0.2):
+        expected[eps] = F.cross_entropy(logits, tiny_split.labels, label_smoothing=eps).item()
+        loss, _ = train_one_epoch(make_step(model, lr=0.0, label_smoothing=eps), tiny_split, 40,
+                                  torch.Generator().manual_seed(0), progress=False)  # fmt: skip
+        assert loss == pytest.approx(expected[eps], rel=1e-5)
+    assert abs(expected[0.2] - expected[0.0]) > 0.01  # so the equality above could tell them apart
+
+
+def test_ema_averages_the_weights(tiny_split: Split) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))
+    decay = 0.9
+    step = make_step(model, lr=0.5, ema_decay=decay)
+    snapshots = []
+    for _ in range(3):  # one batch per epoch: the EMA updates once after each step
+        train_one_epoch(step, tiny_split, 40, torch.Generator().manual_seed(0), progress=False)
+        snapshots.append(model[1].weight.detach().clone())
+    p1, p2, p3 = snapshots
+    expected = decay * (decay * p1 + (1 - decay) * p2) + (1 - decay) * p3
+    assert torch.allclose(step.ema.module[1].weight, expected, atol=1e-6)
+    assert not torch.allclose(step.ema.module[1].weight, p3)
+    assert math.isfinite(step.ema.module[1].weight.sum().item())
