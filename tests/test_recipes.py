@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -92,9 +93,9 @@ def test_warmup_cosine_shape() -> None:
         optimizer.step()
         schedule.after_batch()
     warmup, decay = lrs[:10], lrs[10:]
-    assert warmup[0] == pytest.approx(0.01) and all(b > a for a, b in zip(warmup, warmup[1:], strict=False))
+    assert warmup[0] == pytest.approx(0.01) and all(b > a for a, b in itertools.pairwise(warmup))
     assert max(lrs) == pytest.approx(1.0) and lrs.index(max(lrs)) == 10
-    assert all(b < a for a, b in zip(decay, decay[1:], strict=False)) and decay[-1] < 0.01
+    assert all(b < a for a, b in itertools.pairwise(decay)) and decay[-1] < 0.01
 
 
 def test_onecycle_total_steps_is_epochs_times_batches() -> None:

@@ -21,6 +21,10 @@ COMMANDS = {
     "train": "train a model (Hydra overrides; -m for a sweep)",
     "data": "data import PATH: decode a CIFAR-10 copy once into the data cache",
     "models": "list every model with its parameter counts (and the reports' counts)",
+    "report": "report PATH... [--out DIR]: comparison table, overlaid curves, one HTML page",
+    "evaluate": "evaluate RUN_DIR: reload the tested checkpoint and re-evaluate the test set",
+    "predict": "predict RUN_DIR IMAGE...: top-3 classes for your own images, predictions.csv",
+    "runs": "runs [PATH]: list runs newest first (date, name, model, overrides, status, accuracy)",
 }
 
 
@@ -67,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
 
             print(format_catalog(catalog()))
             return 0
+        if command in ("report", "evaluate", "predict", "runs"):
+            return RUN_COMMANDS[command](rest)
     except UserError as exc:
         return fail(str(exc))
     return fail(f"unknown command {command!r}; choose one of: {', '.join(COMMANDS)} (see cifarbench --help)")
@@ -102,3 +108,74 @@ def data_command(args: list[str]) -> int:
     path, summary = import_data(ns.path, ns.root)
     print(f"imported {ns.path} -> {path}: {summary}")
     return 0
+
+
+def report_command(args: list[str]) -> int:
+    from cifarbench.report import COLUMNS, write_report
+
+    parser = argparse.ArgumentParser(prog="cifarbench report", description="Compare runs: table, curves, HTML page.")
+    parser.add_argument("paths", nargs="+", type=Path, help="run directories, sweeps or whole output trees")
+    parser.add_argument("--out", type=Path, default=Path("report"), help="folder for the report (default ./report)")
+    parser.add_argument("--sort", default="test_acc", choices=list(COLUMNS), help="column to sort by")
+    parser.add_argument("--ascending", action="store_true", help="smallest first (default: largest first)")
+    ns = parser.parse_args(args)
+    for path in write_report(ns.paths, ns.out, ns.sort, not ns.ascending):
+        print(path)
+    return 0
+
+
+def evaluate_command(args: list[str]) -> int:
+    from cifarbench.inference import evaluate_run
+
+    parser = argparse.ArgumentParser(prog="cifarbench evaluate", description="Re-evaluate a run's test set.")
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--checkpoint", default="auto", choices=["auto", "best", "last"],
+                        help="auto: the weights the run tested with")  # fmt: skip
+    ns = parser.parse_args(args)
+    result = evaluate_run(ns.run_dir, ns.checkpoint)
+    test, recorded = result["test"], result["recorded"]
+    print(f"{result['checkpoint']}: test accuracy {test['accuracy']:.2f}%, loss {test['loss']:.4f}, "
+          f"error {test['error']:.2f}%")  # fmt: skip
+    if recorded.get("accuracy") is not None:
+        same = recorded["accuracy"] == test["accuracy"] and recorded["loss"] == test["loss"]
+        print(f"metrics.json: test accuracy {recorded['accuracy']:.2f}%, loss {recorded['loss']:.4f} "
+              f"({'identical' if same else 'DIFFERENT'})")  # fmt: skip
+    return 0
+
+
+def predict_command(args: list[str]) -> int:
+    from cifarbench.inference import predict
+
+    parser = argparse.ArgumentParser(prog="cifarbench predict", description="Classify your own images.")
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("images", nargs="+", type=Path, help="PNG/JPEG files of any size (resized to 32x32)")
+    parser.add_argument("--output", type=Path, default=Path("predictions.csv"))
+    parser.add_argument("--checkpoint", default="auto", choices=["auto", "best", "last"])
+    ns = parser.parse_args(args)
+    for result in predict(ns.run_dir, ns.images, ns.output, ns.checkpoint):
+        print(f"{result['image']}: " + ", ".join(f"{name} {p:.1%}" for name, p in result["top"]))
+    print(f"wrote {ns.output}")
+    return 0
+
+
+def runs_command(args: list[str]) -> int:
+    from cifarbench.runs import find_runs
+
+    parser = argparse.ArgumentParser(prog="cifarbench runs", description="List runs, newest first.")
+    parser.add_argument("path", nargs="?", type=Path, default=Path("outputs"))
+    ns = parser.parse_args(args)
+    if not ns.path.exists():
+        raise UserError(f"{ns.path} does not exist (runs are written to ./outputs by default)")
+    runs = sorted(find_runs([ns.path]), key=lambda r: r.started, reverse=True)
+    header = f"{'date':<19}  {'name':<24}  {'model':<16}  {'status':<11}  {'test acc':>8}  overrides"
+    print(header)
+    for run in runs:
+        acc = run.test("accuracy")
+        name = str(run.config.get("name", run.path.parent.name))
+        print(f"{run.started:%Y-%m-%d %H:%M:%S}  {name:<24.24}  {run.model:<16.16}  {run.status:<11}  "
+              f"{'-' if acc is None else f'{acc:.2f}%':>8}  {' '.join(run.key_overrides)}")  # fmt: skip
+    return 0
+
+
+RUN_COMMANDS = {"report": report_command, "evaluate": evaluate_command, "predict": predict_command,
+                "runs": runs_command}  # fmt: skip

@@ -9,7 +9,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
-GROUPS = ("data", "model", "optimizer", "scheduler", "augmentation", "experiment")
+GROUPS = ("data", "model", "optimizer", "scheduler", "augmentation", "logger", "experiment")
 
 
 def config_dir() -> Path:

@@ -187,6 +187,7 @@ def fit(cfg: DictConfig, run_dir: Path) -> dict:
              trainable_params / 1e6)  # fmt: skip
 
     config = OmegaConf.to_container(cfg, resolve=True)
+    logger = instantiate(cfg.logger)(run_dir=run_dir, config=config)
     history: list[dict] = []
     best_state, stop_reason = None, None
     epochs_bar = tqdm(range(1, cfg.epochs + 1), desc="epochs", disable=not cfg.progress)
@@ -202,6 +203,7 @@ def fit(cfg: DictConfig, run_dir: Path) -> dict:
         log.info("epoch %d/%d  lr %.3g  train loss %.4f acc %.2f%%  val loss %.4f acc %.2f%%  %.1fs", epoch,
                  cfg.epochs, lr, train_loss, train_acc, val.loss, val.accuracy, seconds)  # fmt: skip
         epochs_bar.set_postfix(val_acc=f"{val.accuracy:.2f}")
+        logger.log_epoch(history[-1])
 
         state = {
             "model": model.state_dict(),
@@ -255,4 +257,5 @@ def fit(cfg: DictConfig, run_dir: Path) -> dict:
         },
     )
     artifacts.write_run(run_dir, metrics, test, splits.test.images.cpu(), CLASSES, history)
+    logger.finish(metrics)
     return metrics

@@ -1,0 +1,118 @@
+"""Around a finished run: `cifarbench evaluate RUN_DIR` and `cifarbench predict RUN_DIR IMAGES...`.
+
+Both rebuild the model from the config saved inside the checkpoint, so they need nothing but the
+run directory.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
+from torch import nn
+from torch.optim.swa_utils import AveragedModel
+
+from cifarbench.checkpoint import load_checkpoint
+from cifarbench.data import CLASSES, Normalize, load_cifar10, make_splits
+from cifarbench.errors import UserError
+from cifarbench.models import build_model
+from cifarbench.runtime import select_device, select_precision
+
+
+@dataclass
+class LoadedRun:
+    model: nn.Module
+    config: dict
+    checkpoint: Path
+
+
+def load_trained(run_dir: Path, which: str = "auto", device: torch.device | None = None) -> LoadedRun:
+    """The weights the run tested with (`auto`: best or last, as its `test_weights` says)."""
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir} is not a directory; expected a run directory with checkpoints/")
+    if which == "auto":
+        metrics_file = run_dir / "metrics.json"
+        metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+        which = metrics.get("test_weights", "best")
+    if which not in ("best", "last"):
+        raise UserError(f"--checkpoint {which!r} is not known; choose best, last or auto")
+    path = run_dir / "checkpoints" / f"{which}.pt"
+    state = load_checkpoint(path)
+    config = state["config"]
+    model = build_model(OmegaConf.create(config["model"]))
+    try:
+        if state.get("ema") is not None:  # the run evaluated its weight average
+            averaged = AveragedModel(model, use_buffers=True)
+            averaged.load_state_dict(state["ema"])
+            model = averaged.module
+        else:
+            model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise UserError(f"checkpoint {path} does not fit the model in its own config: {str(exc)[:200]}") from None
+    device = device or select_device("auto")
+    model = model.to(device).eval()
+    if config.get("channels_last"):
+        model = model.to(memory_format=torch.channels_last)
+    return LoadedRun(model, config, path)
+
+
+def evaluate_run(run_dir: Path, which: str = "auto") -> dict:
+    """Re-evaluates the run's test set exactly as at the end of training (same split, precision,
+    batch size); returns {"loss", "accuracy", "error"} and the metrics.json values to compare."""
+    from cifarbench.train import evaluate
+
+    loaded = load_trained(run_dir, which)
+    cfg = OmegaConf.create(loaded.config)
+    device = next(loaded.model.parameters()).device
+    precision = select_precision(cfg.precision, device)
+    splits = make_splits(load_cifar10(cfg.data), cfg.data.val_size, cfg.data.train_subset, cfg.data.test_subset,
+                         cfg.seed, device)  # fmt: skip
+    normalize = Normalize(cfg.data.normalization, device, cfg.channels_last)
+    result = evaluate(loaded.model, splits.test, normalize, precision, cfg.eval_batch_size)
+    metrics_file = run_dir / "metrics.json"
+    recorded = json.loads(metrics_file.read_text()).get("test", {}) if metrics_file.is_file() else {}
+    return {
+        "checkpoint": str(loaded.checkpoint),
+        "test": {"loss": result.loss, "accuracy": result.accuracy, "error": 100.0 - result.accuracy},
+        "recorded": {k: recorded.get(k) for k in ("loss", "accuracy", "error")},
+    }
+
+
+def read_image(path: Path) -> torch.Tensor:
+    """Any PNG/JPEG, any size -> uint8 (3, 32, 32), resized with antialiasing as CIFAR-10 was."""
+    try:
+        with Image.open(path) as image:
+            rgb = image.convert("RGB").resize((32, 32), Image.Resampling.BILINEAR, reducing_gap=None)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: cannot read this image ({exc})") from None
+    return torch.from_numpy(np.array(rgb)).permute(2, 0, 1)
+
+
+@torch.no_grad()
+def predict(run_dir: Path, images: list[Path], output: Path, which: str = "auto", top: int = 3) -> list[dict]:
+    if not images:
+        raise UserError("no images given; usage: cifarbench predict RUN_DIR IMAGE [IMAGE ...]")
+    loaded = load_trained(run_dir, which)
+    device = next(loaded.model.parameters()).device
+    cfg = loaded.config
+    normalize = Normalize(cfg["data"]["normalization"], device, cfg.get("channels_last", True))
+    batch = torch.stack([read_image(path) for path in images]).to(device)
+    probabilities = loaded.model(normalize(batch)).float().softmax(1).cpu()
+    results = []
+    for path, probs in zip(images, probabilities, strict=True):
+        values, indices = probs.topk(top)
+        results.append(
+            {"image": str(path), "top": [(CLASSES[i], float(v)) for v, i in zip(values, indices, strict=True)]}
+        )
+    with output.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["image", *(f"{kind}{k}" for k in range(1, top + 1) for kind in ("class", "prob"))])
+        for result in results:
+            writer.writerow([result["image"], *(x for pair in result["top"] for x in (pair[0], f"{pair[1]:.4f}"))])
+    return results

@@ -1,0 +1,123 @@
+"""The summary a sweep writes at its root when its jobs end (a Hydra callback, conf/config.yaml).
+
+summary.csv and summary.md: one row per job with the swept values and the test results (failed
+jobs included, with their error); with exactly two swept parameters also the grid in the shape of
+004's Table 2 and heatmap.png.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from cifarbench.report import markdown_table, write_csv
+from cifarbench.runs import Run, load_run
+
+
+def _overrides(run: Run) -> dict[str, str]:
+    return dict(o.split("=", 1) for o in run.overrides if "=" in o)
+
+
+def _value(text: str) -> Any:
+    try:
+        return float(text) if "." in text or "e" in text.lower() else int(text)
+    except ValueError:
+        return text
+
+
+def write_summary(sweep_dir: Path) -> list[Run]:
+    jobs = sorted(
+        (p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit() and (p / ".hydra").is_dir()),
+        key=lambda p: int(p.name),
+    )
+    runs = [load_run(job) for job in jobs]
+    values = [_overrides(run) for run in runs]
+    keys = list(dict.fromkeys(k for v in values for k in v))
+    swept = [k for k in keys if len({v.get(k) for v in values}) > 1]
+    headers = ["job", *swept, "status", "test_acc", "test_loss", "test_error", "f1_macro", "epochs",
+               "median_epoch_s", "error"]  # fmt: skip
+    rows = []
+    for run, job_values in zip(runs, values, strict=True):
+        test = run.metrics.get("test", {})
+        rows.append([
+            run.path.name, *(job_values.get(k) for k in swept), run.status,
+            test.get("accuracy"), test.get("loss"), test.get("error"), test.get("f1_macro"),
+            run.metrics.get("epochs_run"), run.metrics.get("median_epoch_seconds"), run.metrics.get("error"),
+        ])  # fmt: skip
+    write_csv(sweep_dir / "summary.csv", headers, rows)
+    text = f"# Sweep {sweep_dir}\n\n{len(runs)} jobs; swept: {', '.join(swept) or 'nothing'}\n\n"
+    text += markdown_table(headers, [[_fmt(v) for v in row] for row in rows])
+    if len(swept) == 2:
+        text += "\n" + grid(sweep_dir, swept, values, runs)
+    (sweep_dir / "summary.md").write_text(text)
+    return runs
+
+
+def _fmt(value: Any) -> Any:
+    return round(value, 4) if isinstance(value, float) else value
+
+
+def grid(sweep_dir: Path, swept: list[str], values: list[dict[str, str]], runs: list[Run]) -> str:
+    """004's Table 2 shape (one row per combination, sorted) and a heatmap of test accuracy."""
+    first, second = swept
+    firsts = sorted({v[first] for v in values}, key=_value)
+    seconds = sorted({v[second] for v in values}, key=_value)
+    by_cell = {(v[first], v[second]): run for v, run in zip(values, runs, strict=True)}
+    rows, accuracy = [], np.full((len(firsts), len(seconds)), np.nan)
+    for i, a in enumerate(firsts):
+        for j, b in enumerate(seconds):
+            run = by_cell.get((a, b))
+            acc = run.test("accuracy") if run else None
+            loss = run.test("loss") if run else None
+            rows.append([a, b, "failed" if acc is None else f"{acc:.2f}%", "-" if loss is None else f"{loss:.3f}"])
+            if acc is not None:
+                accuracy[i, j] = acc
+    fig, ax = plt.subplots(figsize=(1.6 * len(seconds) + 2.5, 1.2 * len(firsts) + 1.8))
+    image = ax.imshow(accuracy, cmap="viridis")
+    ax.set_xticks(range(len(seconds)), seconds)
+    ax.set_yticks(range(len(firsts)), firsts)
+    ax.set_xlabel(second)
+    ax.set_ylabel(first)
+    for i in range(len(firsts)):
+        for j in range(len(seconds)):
+            text = "failed" if np.isnan(accuracy[i, j]) else f"{accuracy[i, j]:.2f}%"
+            ax.text(j, i, text, ha="center", va="center", color="white" if text == "failed" else "black")
+    fig.colorbar(image, ax=ax, label="test accuracy (%)")
+    ax.set_title("Test accuracy")
+    fig.tight_layout()
+    fig.savefig(sweep_dir / "heatmap.png", dpi=100)
+    plt.close(fig)
+    return "## Grid\n\n" + markdown_table([first, second, "Test accuracy", "Test loss"], rows)
+
+
+class SweepSummary(Callback):
+    """Rewrites the summary after every job, so an interrupted sweep still has one, and once more
+    at the end, where failed jobs also set a non-zero exit status."""
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            write_summary(Path(HydraConfig.get().runtime.output_dir).parent)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if not sweep_dir.is_dir():
+            return
+        runs = write_summary(sweep_dir)
+        failed = [run for run in runs if run.status != "completed"]
+        print(f"sweep summary: {sweep_dir / 'summary.md'} ({len(runs) - len(failed)} of {len(runs)} jobs completed)")
+        if failed:
+            summary = sweep_dir / "summary.md"
+            print(f"cifarbench: {len(failed)} of {len(runs)} jobs failed; see {summary}", file=sys.stderr)
+            sys.exit(1)

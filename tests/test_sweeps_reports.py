@@ -1,0 +1,210 @@
+"""Sweeps with their summary, `report`, `evaluate`, `predict`, `runs` and the optional loggers."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from cifarbench.inference import evaluate_run
+from conftest import SMOKE, cli
+
+TINY_SWEEP = [*(o for o in SMOKE if not o.startswith("batch_size")), "epochs=1", "data.train_subset=100",
+              "name=table2", "model=kerascnn"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> Path:
+    """004's Table 2 in miniature: dropout {0.3, 0.4} x batch size {64, 128}."""
+    cwd = tmp_path_factory.mktemp("sweep")
+    cli("train", "-m", *TINY_SWEEP, "model.dropout=0.3,0.4", "batch_size=64,128", cwd=cwd,
+        env={"CIFARBENCH_DATA": str(data_root)})  # fmt: skip
+    (sweep_dir,) = (cwd / "outputs" / "table2").iterdir()
+    return sweep_dir
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open() as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_two_by_two_sweep_writes_runs_summary_grid_and_heatmap(sweep: Path) -> None:
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert [j.name for j in jobs] == ["0", "1", "2", "3"]
+    assert all((j / "metrics.json").is_file() for j in jobs)
+    rows = read_csv(sweep / "summary.csv")
+    assert sorted((r["model.dropout"], r["batch_size"]) for r in rows) == [
+        ("0.3", "128"), ("0.3", "64"), ("0.4", "128"), ("0.4", "64"),
+    ]  # fmt: skip
+    for row, job in zip(rows, jobs, strict=True):
+        metrics = json.loads((job / "metrics.json").read_text())
+        config = yaml.safe_load((job / "config.yaml").read_text())
+        assert (float(row["model.dropout"]), int(row["batch_size"])) == (
+            config["model"]["dropout"],
+            config["batch_size"],
+        )
+        assert row["status"] == "completed"
+        assert float(row["test_acc"]) == metrics["test"]["accuracy"]
+        assert float(row["test_error"]) == pytest.approx(100 - float(row["test_acc"]))
+    summary = (sweep / "summary.md").read_text()
+    grid = summary.split("## Grid")[1]
+    assert len(re.findall(r"^\| 0\.[34] \| (64|128) \| \d+\.\d\d% \| \d\.\d{3} \|$", grid, re.M)) == 4
+    assert (sweep / "heatmap.png").stat().st_size > 1000
+
+
+def test_a_failed_job_does_not_lose_the_others(tmp_path: Path, run_env: dict) -> None:
+    result = cli("train", "-m", *TINY_SWEEP, "model.dropout=0.3,1.5", cwd=tmp_path, env=run_env, check=False)
+    assert result.returncode == 1
+    assert "1 of 2 jobs failed" in result.stderr
+    (sweep_dir,) = (tmp_path / "outputs" / "table2").iterdir()
+    rows = read_csv(sweep_dir / "summary.csv")
+    assert [r["status"] for r in rows] == ["completed", "failed"]
+    assert "dropout probability" in rows[1]["error"]
+    assert float(rows[0]["test_acc"]) > 0
+
+
+class _Page(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[str] = []
+        self.images: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        self.tags.append(tag)
+        if tag == "img":
+            self.images.append(dict(attrs)["src"])
+
+
+def test_report_over_finished_failed_and_unfinished_runs(sweep: Path, tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    shutil.copytree(sweep, runs / "sweep")
+    unfinished = runs / "unfinished"
+    shutil.copytree(sweep / "0", unfinished)
+    for name in ("metrics.json", "confusion_matrix.png"):
+        (unfinished / name).unlink()
+    failed = runs / "failed"
+    shutil.copytree(sweep / "0" / ".hydra", failed / ".hydra")
+    (failed / "metrics.json").write_text(json.dumps({"status": "failed", "error": "boom"}))
+
+    out = tmp_path / "report"
+    cli("report", str(runs), "--out", str(out), "--sort", "test_acc", cwd=tmp_path)
+    rows = read_csv(out / "report.csv")
+    assert len(rows) == 6
+    assert sorted(r["Status"] for r in rows) == ["completed"] * 4 + ["failed", "unfinished"]
+    accuracies = [float(r["Test accuracy (%)"]) for r in rows if r["Test accuracy (%)"]]
+    assert accuracies == sorted(accuracies, reverse=True) and len(accuracies) == 4
+    assert {r["Model"] for r in rows} == {"kerascnn"} and {r["Fine-tuned"] for r in rows} == {"N"}
+    assert (out / "report.md").read_text().count("\n| kerascnn |") == 6
+    assert (out / "curves.png").stat().st_size > 1000
+
+    page = _Page()
+    page.feed((out / "report.html").read_text())
+    assert {"html", "table", "th", "td", "img"} <= set(page.tags)
+    assert all(src.startswith("data:image/png;base64,") for src in page.images)
+    # curves + the sweep's heatmap + a confusion matrix per run that has one
+    assert len(page.images) == 1 + 1 + 4
+
+
+def test_report_sorts_by_any_column(sweep: Path, tmp_path: Path) -> None:
+    cli("report", str(sweep), "--out", str(tmp_path), "--sort", "median_epoch_s", "--ascending", cwd=tmp_path)
+    times = [float(r["Median epoch time (s)"]) for r in read_csv(tmp_path / "report.csv")]
+    assert times == sorted(times)
+
+
+def test_evaluate_reproduces_the_recorded_test_numbers(sweep: Path, run_env: dict, monkeypatch) -> None:
+    monkeypatch.setenv("CIFARBENCH_DATA", run_env["CIFARBENCH_DATA"])
+    for job in ("1", "2"):
+        result = evaluate_run(sweep / job)
+        assert result["test"]["accuracy"] == result["recorded"]["accuracy"]
+        assert result["test"]["loss"] == result["recorded"]["loss"]
+    out = cli("evaluate", str(sweep / "3"), cwd=sweep, env=run_env).stdout
+    assert "(identical)" in out
+
+
+def test_predict_on_images_of_any_size(sweep: Path, tmp_path: Path) -> None:
+    Image.new("RGB", (200, 120), (200, 30, 30)).save(tmp_path / "big.png")
+    Image.new("L", (17, 17), 90).save(tmp_path / "small_gray.jpg")
+    Image.new("RGBA", (32, 32), (0, 0, 255, 128)).save(tmp_path / "alpha.png")
+    images = [tmp_path / n for n in ("big.png", "small_gray.jpg", "alpha.png")]
+    out = cli("predict", str(sweep / "0"), *map(str, images), cwd=tmp_path).stdout
+    for image in images:
+        line = next(line for line in out.splitlines() if line.startswith(str(image)))
+        assert len(re.findall(r"\w+ \d+\.\d%", line)) == 3
+    rows = read_csv(tmp_path / "predictions.csv")
+    assert [r["image"] for r in rows] == [str(i) for i in images]
+    for row in rows:
+        probs = [float(row[f"prob{k}"]) for k in (1, 2, 3)]
+        assert probs == sorted(probs, reverse=True) and sum(probs) <= 1.0001
+
+
+def test_runs_lists_newest_first(sweep: Path) -> None:
+    out = cli("runs", str(sweep.parent.parent), cwd=sweep).stdout.splitlines()
+    assert out[0].startswith("date")
+    assert len(out) == 5
+    dates = [line[:19] for line in out[1:]]
+    assert dates == sorted(dates, reverse=True)
+    assert all("kerascnn" in line and "completed" in line and "model.dropout=" in line for line in out[1:])
+
+
+def _installed(module: str) -> bool:
+    try:
+        __import__(module)
+    except ImportError:
+        if os.environ.get("CI"):
+            pytest.fail(f"{module} must be installed in CI (the [test] extra)")
+        return False
+    return True
+
+
+def test_tensorboard_logger_writes_scalars_figure_and_hparams(tmp_path: Path, run_env: dict) -> None:
+    if not _installed("tensorboard"):
+        pytest.skip("tensorboard not installed")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cli("train", *SMOKE, "epochs=2", "data.train_subset=100", "name=tb", "logger=tensorboard", cwd=tmp_path,
+        env=run_env)  # fmt: skip
+    (run,) = (p.parent for p in (tmp_path / "outputs" / "tb").rglob("metrics.json"))
+    events = EventAccumulator(str(run / "tensorboard")).Reload()
+    tags = events.Tags()
+    assert {"train/loss", "train/acc", "val/loss", "val/acc", "lr"} <= set(tags["scalars"])
+    assert [e.step for e in events.Scalars("val/acc")] == [1, 2]
+    assert "confusion_matrix" in tags["images"]
+    hparams = list((run / "tensorboard").rglob("events.out.tfevents.*"))
+    assert len(hparams) >= 2  # add_hparams writes its own event file
+
+
+def test_mlflow_logger_writes_params_metrics_and_artifacts(tmp_path: Path, run_env: dict) -> None:
+    if not _installed("mlflow"):
+        pytest.skip("mlflow not installed")
+    cli("train", *SMOKE, "epochs=2", "data.train_subset=100", "name=mlf", "logger=mlflow", cwd=tmp_path,
+        env=run_env)  # fmt: skip
+    import mlflow
+
+    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    mlflow.set_tracking_uri((tmp_path / "mlruns").as_uri())
+    (run,) = mlflow.search_runs(experiment_names=["mlf"], output_format="list")
+    assert run.data.params["model._target_"] == "cifarbench.models.baseline.BaselineCNN"
+    assert "test_accuracy" in run.data.metrics
+    history = mlflow.tracking.MlflowClient().get_metric_history(run.info.run_id, "val_acc")
+    assert [m.step for m in history] == [1, 2]
+    artifacts = {a.path for a in mlflow.tracking.MlflowClient().list_artifacts(run.info.run_id)}
+    assert {"metrics.json", "history.csv", "confusion_matrix.png"} <= artifacts
+
+
+def test_missing_logger_names_the_extra(tmp_path: Path, run_env: dict) -> None:
+    blocker = tmp_path / "block"
+    (blocker / "tensorboard").mkdir(parents=True)
+    (blocker / "tensorboard" / "__init__.py").write_text("raise ImportError('blocked by the test')\n")
+    env = {**run_env, "PYTHONPATH": str(blocker)}
+    result = cli("train", *SMOKE, "epochs=1", "logger=tensorboard", cwd=tmp_path, env=env, check=False)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "pip install 'cifarbench[tensorboard]'" in result.stderr
