@@ -67,7 +67,7 @@ def test_a_failed_job_does_not_lose_the_others(tmp_path: Path, run_env: dict) ->
     (sweep_dir,) = (tmp_path / "outputs" / "table2").iterdir()
     rows = read_csv(sweep_dir / "summary.csv")
     assert [r["status"] for r in rows] == ["completed", "failed"]
-    assert "dropout probability" in rows[1]["error"]
+    assert "model.dropout=1.5 is not allowed" in rows[1]["error"]
     assert float(rows[0]["test_acc"]) > 0
 
 

@@ -81,12 +81,33 @@ def main(argv: list[str] | None = None) -> int:
 def train(overrides: list[str]) -> int:
     import hydra
 
-    from cifarbench.train_job import train_job
+    from cifarbench.validate import check_overrides
+
+    resume = [o.split("=", 1)[1] for o in overrides if o.startswith("resume=")]
+    if resume:
+        overrides = resume_overrides(Path(resume[-1]), overrides)
+    else:
+        check_overrides(overrides)  # bad keys and values fail here, before any run directory exists
+    from cifarbench.train_job import train_job  # torch and friends: only once the config is known good
 
     register_resolvers()
     sys.argv = ["cifarbench train", *overrides]
     hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")(train_job)()
     return 0
+
+
+def resume_overrides(run_dir: Path, overrides: list[str]) -> list[str]:
+    """`resume=RUN_DIR` continues in RUN_DIR itself; its own config comes from the checkpoint, so
+    other overrides would change nothing and are refused rather than silently ignored."""
+    others = [o for o in overrides if not o.startswith(("resume=", "progress=", "device="))]
+    if others:
+        raise UserError(f"resume=RUN_DIR continues a run with its own config; drop {' '.join(others)} "
+                        "(only progress= and device= may change)")  # fmt: skip
+    last = run_dir / "checkpoints" / "last.pt"
+    if not last.is_file():
+        raise UserError(f"resume={run_dir}: no checkpoint at {last}; expected a run directory of cifarbench train")
+    # Hydra writes into the run's own directory, and must not overwrite its .hydra/ record.
+    return [*overrides, f"hydra.run.dir={run_dir}", "hydra.output_subdir=null"]
 
 
 def data_command(args: list[str]) -> int:

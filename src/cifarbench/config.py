@@ -5,11 +5,27 @@ from __future__ import annotations
 import os
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
+import hydra.utils
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
+from cifarbench.errors import UserError
+
 GROUPS = ("data", "model", "optimizer", "scheduler", "augmentation", "logger", "experiment")
+
+
+def instantiate(config: Any, **kwargs: Any) -> Any:
+    """hydra.utils.instantiate, but a UserError raised by the target stays a UserError (Hydra wraps
+    every exception into an InstantiationException, which would end in a traceback)."""
+    try:
+        return hydra.utils.instantiate(config, **kwargs)
+    except InstantiationException as exc:
+        if isinstance(exc.__cause__, UserError):
+            raise exc.__cause__ from None
+        raise
 
 
 def config_dir() -> Path:

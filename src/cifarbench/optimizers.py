@@ -6,9 +6,10 @@ The YAML is a `_partial_` torch.optim constructor; the only key that is ours is
 
 from __future__ import annotations
 
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn, optim
+
+from cifarbench.config import instantiate
 
 OWN_KEYS = ("decay_norm_and_bias",)
 

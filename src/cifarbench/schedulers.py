@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import optim
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, ReduceLROnPlateau, SequentialLR
 
+from cifarbench.config import instantiate
 from cifarbench.errors import UserError
 
 OWN_KEYS = ("interval",)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +19,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -25,8 +26,11 @@ from tqdm.auto import tqdm
 
 from cifarbench import artifacts
 from cifarbench.augmentation import BatchMix
-from cifarbench.checkpoint import save_checkpoint
+from cifarbench.checkpoint import load_checkpoint, save_checkpoint
+from cifarbench.config import instantiate
 from cifarbench.data import CLASSES, Normalize, Split, load_cifar10, make_splits
+from cifarbench.errors import Diverged, Interrupted, TrainingStopped, UserError
+from cifarbench.interrupt import StopRequest
 from cifarbench.models import build_model, count_parameters
 from cifarbench.optimizers import build_optimizer
 from cifarbench.runtime import Precision, select_device, select_precision, versions
@@ -34,6 +38,7 @@ from cifarbench.schedulers import Schedule, build_schedule
 from cifarbench.stopping import BestTracker
 
 log = logging.getLogger("cifarbench")
+DIVERGED_HINT = "lower optimizer.lr or set grad_clip"
 
 
 @dataclass
@@ -73,10 +78,21 @@ class Step:
 
 
 def train_one_epoch(
-    step: Step, train: Split, batch_size: int, generator: torch.Generator, progress: bool
+    step: Step,
+    train: Split,
+    batch_size: int,
+    generator: torch.Generator,
+    progress: bool,
+    stop: StopRequest | None = None,
 ) -> tuple[float, float]:
-    """One pass over the shuffled training split; returns (mean loss, accuracy %)."""
+    """One pass over the shuffled training split; returns (mean loss, accuracy %).
+
+    Raises Diverged on a NaN/infinite loss and Interrupted when `stop` was signalled; either way the
+    partial epoch is dropped and the last checkpoint (the previous epoch's) stays the good one.
+    """
     model = step.model
+    # A finiteness check reads the loss: free on the CPU, a sync per step on a GPU, so sparser there.
+    check_every = 1 if train.labels.device.type == "cpu" else 50
     model.train()
     device = train.labels.device
     # Loss and hits stay on the device; reading them every batch would force a sync per step.
@@ -94,6 +110,10 @@ def train_one_epoch(
         with step.precision.autocast():
             logits = model(inputs)
         loss = F.cross_entropy(logits.float(), targets, label_smoothing=step.label_smoothing)
+        if i % check_every == 0 and not torch.isfinite(loss):
+            raise Diverged(
+                f"the training loss became {loss.item()} at batch {i + 1}; lower optimizer.lr or set grad_clip"
+            )
         step.optimizer.zero_grad(set_to_none=True)
         step.scaler.scale(loss).backward()
         if step.grad_clip:
@@ -109,6 +129,10 @@ def train_one_epoch(
         seen += len(idx)
         if progress and i % 20 == 0:
             bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{100 * hits.item() / seen:.1f}")
+        if stop is not None and stop.signal_number is not None:
+            raise Interrupted(f"{signal.Signals(stop.signal_number).name} received", stop.signal_number)
+    if not torch.isfinite(loss_sum):
+        raise Diverged(f"the training loss became {loss_sum.item()}; {DIVERGED_HINT}")
     return loss_sum.item() / seen, 100.0 * hits.item() / seen
 
 
@@ -129,10 +153,18 @@ def evaluate(model: nn.Module, split: Split, normalize: Normalize, precision: Pr
     return EvalResult(torch.stack(losses).sum().item() / len(split), accuracy, predictions, labels, probs)
 
 
-def fit(cfg: DictConfig, run_dir: Path) -> dict:
-    """Train `cfg` and write its run directory; returns metrics.json's content."""
+def fit(cfg: DictConfig, run_dir: Path, resume: dict | None = None) -> dict:
+    """Train `cfg` and write its run directory; returns metrics.json's content.
+
+    `resume` is a last.pt checkpoint of this run: training continues after its epoch with every
+    state restored (weights, optimizer, schedule, scaler, EMA, tracker, random generators).
+    """
     started = datetime.now()
     torch.manual_seed(cfg.seed)  # model initialisation, and the global draws of mixup/policies
+    if cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to be deterministic
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
     device = select_device(cfg.device)
     precision = select_precision(cfg.precision, device)
 
@@ -187,43 +219,59 @@ def fit(cfg: DictConfig, run_dir: Path) -> dict:
              trainable_params / 1e6)  # fmt: skip
 
     config = OmegaConf.to_container(cfg, resolve=True)
-    logger = instantiate(cfg.logger)(run_dir=run_dir, config=config)
     history: list[dict] = []
     best_state, stop_reason = None, None
-    epochs_bar = tqdm(range(1, cfg.epochs + 1), desc="epochs", disable=not cfg.progress)
-    for epoch in epochs_bar:
-        lr = optimizer.param_groups[0]["lr"]
-        tic = time.perf_counter()
-        train_loss, train_acc = train_one_epoch(step, splits.train, cfg.batch_size, generator, cfg.progress)
-        val = evaluate(evaluated, splits.val, normalize, precision, cfg.eval_batch_size)
-        step.schedule.after_epoch(val.loss)
-        seconds = time.perf_counter() - tic
-        history.append({"epoch": epoch, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
-                        "val_loss": val.loss, "val_acc": val.accuracy, "seconds": seconds})  # fmt: skip
-        log.info("epoch %d/%d  lr %.3g  train loss %.4f acc %.2f%%  val loss %.4f acc %.2f%%  %.1fs", epoch,
-                 cfg.epochs, lr, train_loss, train_acc, val.loss, val.accuracy, seconds)  # fmt: skip
-        epochs_bar.set_postfix(val_acc=f"{val.accuracy:.2f}")
-        logger.log_epoch(history[-1])
+    if resume is not None:
+        history, best_state = restore(resume, step, tracker, generator, run_dir)
+        log.info("resumed %s after epoch %d", run_dir, len(history))
+    logger = instantiate(cfg.logger)(run_dir=run_dir, config=config)
 
-        state = {
+    def checkpoint(epoch: int) -> dict:
+        return {
             "model": model.state_dict(),
             "ema": step.ema.state_dict() if step.ema is not None else None,
             "optimizer": optimizer.state_dict(),
             "scheduler": step.schedule.state_dict(),
+            "scaler": step.scaler.state_dict(),
             "tracker": tracker.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "generator": generator.get_state()},
             "epoch": epoch,
             "config": config,
             "history": history,
         }
-        if tracker.update(epoch, val.loss if cfg.monitor == "val_loss" else val.accuracy):
-            best_state = copy.deepcopy(evaluated.state_dict())
-            save_checkpoint(run_dir / "checkpoints" / "best.pt", {**state, "tracker": tracker.state_dict()})
-        save_checkpoint(run_dir / "checkpoints" / "last.pt", {**state, "tracker": tracker.state_dict()})
-        artifacts.write_history(run_dir, history)
-        if tracker.should_stop:
-            stop_reason = f"early stopping at epoch {epoch}: {tracker.reason()}"
-            log.info(stop_reason)
-            break
+
+    epochs_bar = tqdm(range(len(history) + 1, cfg.epochs + 1), desc="epochs", disable=not cfg.progress)
+    with StopRequest() as stop:
+        for epoch in epochs_bar:
+            lr = optimizer.param_groups[0]["lr"]
+            tic = time.perf_counter()
+            try:
+                train_loss, train_acc = train_one_epoch(
+                    step, splits.train, cfg.batch_size, generator, cfg.progress, stop
+                )
+            except TrainingStopped as stopped:
+                stopped.args = (f"epoch {epoch}: {stopped}",)
+                record_stop(run_dir, stopped, history)
+                raise
+            val = evaluate(evaluated, splits.val, normalize, precision, cfg.eval_batch_size)
+            step.schedule.after_epoch(val.loss)
+            seconds = time.perf_counter() - tic
+            history.append({"epoch": epoch, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
+                            "val_loss": val.loss, "val_acc": val.accuracy, "seconds": seconds})  # fmt: skip
+            log.info("epoch %d/%d  lr %.3g  train loss %.4f acc %.2f%%  val loss %.4f acc %.2f%%  %.1fs", epoch,
+                     cfg.epochs, lr, train_loss, train_acc, val.loss, val.accuracy, seconds)  # fmt: skip
+            epochs_bar.set_postfix(val_acc=f"{val.accuracy:.2f}")
+            logger.log_epoch(history[-1])
+
+            if tracker.update(epoch, val.loss if cfg.monitor == "val_loss" else val.accuracy):
+                best_state = copy.deepcopy(evaluated.state_dict())
+                save_checkpoint(run_dir / "checkpoints" / "best.pt", checkpoint(epoch))
+            save_checkpoint(run_dir / "checkpoints" / "last.pt", checkpoint(epoch))
+            artifacts.write_history(run_dir, history)
+            if tracker.should_stop:
+                stop_reason = f"early stopping at epoch {epoch}: {tracker.reason()}"
+                log.info(stop_reason)
+                break
 
     if cfg.test_weights == "best" and best_state is not None:
         evaluated.load_state_dict(best_state)  # also "restores the best weights" after early stopping
@@ -250,6 +298,8 @@ def fit(cfg: DictConfig, run_dir: Path) -> dict:
             "device": str(device),
             "precision": precision.name,
             "channels_last": bool(cfg.channels_last),
+            "deterministic": bool(cfg.deterministic),
+            "resumed": resume is not None,
             "seed": cfg.seed,
             "started_at": started.isoformat(timespec="seconds"),
             "total_seconds": (datetime.now() - started).total_seconds(),
@@ -259,3 +309,41 @@ def fit(cfg: DictConfig, run_dir: Path) -> dict:
     artifacts.write_run(run_dir, metrics, test, splits.test.images.cpu(), CLASSES, history)
     logger.finish(metrics)
     return metrics
+
+
+def restore(
+    state: dict, step: Step, tracker: BestTracker, generator: torch.Generator, run_dir: Path
+) -> tuple[list[dict], dict | None]:
+    """Puts a last.pt checkpoint back; returns its history and the best weights so far."""
+    try:
+        step.model.load_state_dict(state["model"])
+        if step.ema is not None:
+            step.ema.load_state_dict(state["ema"])
+        step.optimizer.load_state_dict(state["optimizer"])
+        step.schedule.load_state_dict(state["scheduler"])
+        step.scaler.load_state_dict(state["scaler"])
+        tracker.load_state_dict(state["tracker"])
+        torch.set_rng_state(state["rng"]["torch"])
+        generator.set_state(state["rng"]["generator"])
+    except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+        raise UserError(f"checkpoint {run_dir}/checkpoints/last.pt does not fit this run and cannot be resumed "
+                        f"({type(exc).__name__}: {str(exc).splitlines()[0][:150]})") from None  # fmt: skip
+    best_file = run_dir / "checkpoints" / "best.pt"
+    best_state = None
+    if best_file.is_file():
+        best = load_checkpoint(best_file)
+        best_state = best["ema"]["module"] if best.get("ema") else best["model"]
+    return list(state["history"]), best_state
+
+
+def record_stop(run_dir: Path, stopped: TrainingStopped, history: list[dict]) -> None:
+    """metrics.json of a run that did not finish: why, how far it got, how to go on."""
+    info = {
+        "status": stopped.status,
+        "error": str(stopped),
+        "epochs_run": len(history),
+        "last_good_checkpoint": str(run_dir / "checkpoints" / "last.pt") if history else None,
+    }
+    if isinstance(stopped, Interrupted) and history:
+        info["resume"] = f"cifarbench train resume={run_dir}"
+    artifacts.write_json(run_dir / "metrics.json", info)

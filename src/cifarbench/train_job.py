@@ -12,8 +12,10 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from cifarbench.artifacts import write_json
-from cifarbench.errors import UserError
+from cifarbench.checkpoint import load_checkpoint
+from cifarbench.errors import TrainingStopped, UserError
 from cifarbench.train import fit
+from cifarbench.validate import check_config
 
 log = logging.getLogger("cifarbench")
 
@@ -22,21 +24,47 @@ def train_job(cfg: DictConfig) -> float | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
-        OmegaConf.resolve(cfg)  # the saved config says what ran, not how it was computed
-        OmegaConf.save(cfg, run_dir / "config.yaml")
-        return fit(cfg, run_dir)["test"]["accuracy"]
+        resume = None
+        if cfg.resume:
+            resume = load_checkpoint(Path(cfg.resume) / "checkpoints" / "last.pt")
+            cfg = continue_with(resume["config"], cfg)
+        else:
+            OmegaConf.resolve(cfg)  # the saved config says what ran, not how it was computed
+            check_config(cfg)
+            OmegaConf.save(cfg, run_dir / "config.yaml")
+        return fit(cfg, run_dir, resume)["test"]["accuracy"]
     except UserError as exc:
         if in_sweep:  # one bad job must not lose the others: record it, let the sweep go on
             log.error("cifarbench: error: %s", exc)
             write_json(run_dir / "metrics.json", {"status": "failed", "error": str(exc)})
             return None
-        if not (run_dir / "history.csv").exists():
+        if not cfg.resume and not (run_dir / "history.csv").exists():
             shutil.rmtree(run_dir, ignore_errors=True)  # nothing trained: leave no run-looking folder
         print(f"cifarbench: error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except TrainingStopped as stopped:  # fit has written metrics.json with the status
+        message = f"cifarbench: training {stopped.status} in {run_dir}: {stopped}"
+        if stopped.status == "interrupted":
+            message += f"; last epoch's checkpoint kept, resume with: cifarbench train resume={run_dir}"
+        elif (run_dir / "checkpoints" / "last.pt").is_file():
+            message += f"; the last good checkpoint is kept: {run_dir / 'checkpoints' / 'last.pt'}"
+        else:
+            message += "; no epoch completed, so there is no checkpoint"
+        print(message, file=sys.stderr)
+        if in_sweep and stopped.status != "interrupted":
+            return None  # a diverged job is a result of the sweep; an interrupt stops the sweep
+        sys.exit(stopped.exit_code)
     except Exception as exc:
         write_json(run_dir / "metrics.json", {"status": "failed", "error": f"{type(exc).__name__}: {exc}"})
         if in_sweep:
             log.exception("job failed")
             return None
         raise
+
+
+def continue_with(saved: dict, cfg: DictConfig) -> DictConfig:
+    """The interrupted run's own config, with only what may change on resume (progress, device)."""
+    resumed = OmegaConf.create(saved)
+    resumed.progress, resumed.device = cfg.progress, cfg.device
+    resumed.resume = cfg.resume
+    return resumed

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
+
+from cifarbench.config import instantiate
 
 
 def build_model(model_cfg: DictConfig) -> nn.Module:
