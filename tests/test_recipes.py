@@ -217,7 +217,7 @@ def test_label_smoothing_reaches_the_loss(tiny_split: Split) -> None:
     for eps in (0.0, 0.2):
         expected[eps] = F.cross_entropy(logits, tiny_split.labels, label_smoothing=eps).item()
         loss, _ = train_one_epoch(make_step(model, lr=0.0, label_smoothing=eps), tiny_split, 40,
-                                  torch.Generator().manual_seed(0), progress=False)  # fmt: skip
+                                  torch.Generator(), torch.Generator(), progress=False)  # fmt: skip
         assert loss == pytest.approx(expected[eps], rel=1e-5)
     assert abs(expected[0.2] - expected[0.0]) > 0.01  # so the equality above could tell them apart
 
@@ -229,7 +229,7 @@ def test_ema_averages_the_weights(tiny_split: Split) -> None:
     step = make_step(model, lr=0.5, ema_decay=decay)
     snapshots = []
     for _ in range(3):  # one batch per epoch: the EMA updates once after each step
-        train_one_epoch(step, tiny_split, 40, torch.Generator().manual_seed(0), progress=False)
+        train_one_epoch(step, tiny_split, 40, torch.Generator(), torch.Generator(), progress=False)
         snapshots.append(model[1].weight.detach().clone())
     p1, p2, p3 = snapshots
     expected = decay * (decay * p1 + (1 - decay) * p2) + (1 - decay) * p3

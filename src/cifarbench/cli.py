@@ -10,6 +10,7 @@ import argparse
 import logging
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 from cifarbench.config import GROUPS, config_dir, group_options, register_resolvers
@@ -83,6 +84,7 @@ def train(overrides: list[str]) -> int:
 
     from cifarbench.validate import check_overrides
 
+    overrides = overrides + distributed_overrides(overrides)
     resume = [o.split("=", 1)[1] for o in overrides if o.startswith("resume=")]
     if resume:
         overrides = resume_overrides(Path(resume[-1]), overrides)
@@ -96,10 +98,26 @@ def train(overrides: list[str]) -> int:
     return 0
 
 
+def distributed_overrides(overrides: list[str]) -> list[str]:
+    """Under torchrun every process runs this command; only rank 0 owns the run directory and the
+    log, the others write nothing (Hydra gets a scratch directory and no log files)."""
+    from cifarbench.distributed import world_from_env
+
+    world = world_from_env()
+    if not world.enabled:
+        return []
+    if "-m" in overrides or "--multirun" in overrides:
+        raise UserError("torchrun starts one training; run sweeps with -m and a Hydra launcher instead")
+    if world.is_main:
+        return []
+    scratch = tempfile.mkdtemp(prefix=f"cifarbench-rank{world.rank}-")
+    return [f"hydra.run.dir={scratch}", "hydra.output_subdir=null", "hydra/job_logging=disabled"]
+
+
 def resume_overrides(run_dir: Path, overrides: list[str]) -> list[str]:
     """`resume=RUN_DIR` continues in RUN_DIR itself; its own config comes from the checkpoint, so
     other overrides would change nothing and are refused rather than silently ignored."""
-    others = [o for o in overrides if not o.startswith(("resume=", "progress=", "device="))]
+    others = [o for o in overrides if not o.startswith(("resume=", "progress=", "device=", "hydra.", "hydra/"))]
     if others:
         raise UserError(f"resume=RUN_DIR continues a run with its own config; drop {' '.join(others)} "
                         "(only progress= and device= may change)")  # fmt: skip

@@ -42,6 +42,7 @@ def group_options(group: str) -> list[str]:
 
 
 _claimed: dict[str, str] = {}
+SWEEP_DIR_ENV = "CIFARBENCH_SWEEP_DIR"
 
 
 def claim_run_dir(kind: str, *, _root_: DictConfig) -> str:
@@ -51,6 +52,8 @@ def claim_run_dir(kind: str, *, _root_: DictConfig) -> str:
 
     The answer is remembered because Hydra resolves the directory more than once.
     """
+    if kind == "sweep" and os.environ.get(SWEEP_DIR_ENV):
+        return os.environ[SWEEP_DIR_ENV]  # a launcher's worker process: the sweep directory is decided
     if kind not in _claimed:
         try:
             name = str(_root_.name)
@@ -66,6 +69,8 @@ def claim_run_dir(kind: str, *, _root_: DictConfig) -> str:
                 n += 1
                 candidate = f"{base}_{n}"
         _claimed[kind] = candidate
+        if kind == "sweep":  # joblib/submitit workers resolve the config again: give them this one
+            os.environ[SWEEP_DIR_ENV] = candidate
     return _claimed[kind]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 import signal
 import time
@@ -21,16 +22,19 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
-from cifarbench import artifacts
+from cifarbench import artifacts, distributed
 from cifarbench.augmentation import BatchMix
 from cifarbench.checkpoint import load_checkpoint, save_checkpoint
 from cifarbench.config import instantiate
 from cifarbench.data import CLASSES, Normalize, Split, load_cifar10, make_splits
+from cifarbench.distributed import SINGLE_PROCESS, World, all_reduce_sum, any_rank
 from cifarbench.errors import Diverged, Interrupted, TrainingStopped, UserError
 from cifarbench.interrupt import StopRequest
+from cifarbench.loggers import NoLogger
 from cifarbench.models import build_model, count_parameters
 from cifarbench.optimizers import build_optimizer
 from cifarbench.runtime import Precision, select_device, select_precision, versions
@@ -81,28 +85,33 @@ def train_one_epoch(
     step: Step,
     train: Split,
     batch_size: int,
-    generator: torch.Generator,
+    shuffle: torch.Generator,
+    augment: torch.Generator,
     progress: bool,
     stop: StopRequest | None = None,
+    world: World = SINGLE_PROCESS,
 ) -> tuple[float, float]:
     """One pass over the shuffled training split; returns (mean loss, accuracy %).
 
-    Raises Diverged on a NaN/infinite loss and Interrupted when `stop` was signalled; either way the
-    partial epoch is dropped and the last checkpoint (the previous epoch's) stays the good one.
+    `batch_size` is the global batch: with several processes each takes its slice of every batch
+    (`shuffle` is the same on every rank, `augment` is each rank's own). Raises Diverged on a
+    NaN/infinite loss and Interrupted when `stop` was signalled; either way the partial epoch is
+    dropped and the last checkpoint (the previous epoch's) stays the good one.
     """
     model = step.model
-    # A finiteness check reads the loss: free on the CPU, a sync per step on a GPU, so sparser there.
-    check_every = 1 if train.labels.device.type == "cpu" else 50
-    model.train()
     device = train.labels.device
+    # A finiteness check reads the loss: free on the CPU, a sync per step on a GPU, so sparser there.
+    check_every = 1 if device.type == "cpu" else 50
+    model.train()
     # Loss and hits stay on the device; reading them every batch would force a sync per step.
     loss_sum = torch.zeros((), device=device)
     hits = torch.zeros((), device=device, dtype=torch.int64)
-    seen = 0
-    bar = tqdm(batch_indices(len(train), batch_size, generator), desc="train", leave=False, disable=not progress)
-    for i, idx in enumerate(bar):
-        idx = idx.to(device, non_blocking=True)
-        inputs = step.normalize(step.augment(train.images[idx], generator))
+    seen = torch.zeros((), device=device, dtype=torch.int64)
+    batches = [b for b in batch_indices(len(train), batch_size, shuffle) if len(b) >= world.size]
+    bar = tqdm(batches, desc="train", leave=False, disable=not progress or not world.is_main)
+    for i, global_idx in enumerate(bar):
+        idx = global_idx.tensor_split(world.size)[world.rank].to(device, non_blocking=True)
+        inputs = step.normalize(step.augment(train.images[idx], augment))
         labels = train.labels[idx]
         targets = labels
         if step.batch_mix.enabled:
@@ -110,10 +119,8 @@ def train_one_epoch(
         with step.precision.autocast():
             logits = model(inputs)
         loss = F.cross_entropy(logits.float(), targets, label_smoothing=step.label_smoothing)
-        if i % check_every == 0 and not torch.isfinite(loss):
-            raise Diverged(
-                f"the training loss became {loss.item()} at batch {i + 1}; lower optimizer.lr or set grad_clip"
-            )
+        if i % check_every == 0 and any_rank(not torch.isfinite(loss).item(), device, world):
+            raise Diverged(f"the training loss became {loss.item()} at batch {i + 1}; {DIVERGED_HINT}")
         step.optimizer.zero_grad(set_to_none=True)
         step.scaler.scale(loss).backward()
         if step.grad_clip:
@@ -128,12 +135,15 @@ def train_one_epoch(
         hits += (logits.argmax(1) == labels).sum()
         seen += len(idx)
         if progress and i % 20 == 0:
-            bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{100 * hits.item() / seen:.1f}")
-        if stop is not None and stop.signal_number is not None:
-            raise Interrupted(f"{signal.Signals(stop.signal_number).name} received", stop.signal_number)
-    if not torch.isfinite(loss_sum):
-        raise Diverged(f"the training loss became {loss_sum.item()}; {DIVERGED_HINT}")
-    return loss_sum.item() / seen, 100.0 * hits.item() / seen
+            bar.set_postfix(loss=f"{loss_sum.item() / seen.item():.3f}", acc=f"{100 * hits.item() / seen.item():.1f}")
+        if stop is not None and any_rank(stop.signal_number is not None, device, world):
+            number = stop.signal_number or signal.SIGTERM  # a rank that got no signal stops with the others
+            raise Interrupted(f"{signal.Signals(number).name} received", number)
+    totals = all_reduce_sum(torch.stack([loss_sum, hits.double(), seen.double()]).double(), world)
+    loss_total, hits_total, seen_total = totals.tolist()
+    if not math.isfinite(loss_total):
+        raise Diverged(f"the training loss became {loss_total}; {DIVERGED_HINT}")
+    return loss_total / seen_total, 100.0 * hits_total / seen_total
 
 
 @torch.no_grad()
@@ -165,8 +175,12 @@ def fit(cfg: DictConfig, run_dir: Path, resume: dict | None = None) -> dict:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to be deterministic
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
-    device = select_device(cfg.device)
+    world, rank_device = distributed.init(cfg.device)  # one process unless launched by torchrun
+    device = rank_device or select_device(cfg.device)
     precision = select_precision(cfg.precision, device)
+    if not world.is_main:
+        log.setLevel(logging.WARNING)  # one voice: rank 0 logs and writes the run directory
+    distributed.local_batch_size(cfg.batch_size, world)  # refuses a global batch that does not divide
 
     splits = make_splits(
         load_cifar10(cfg.data),
@@ -177,25 +191,37 @@ def fit(cfg: DictConfig, run_dir: Path, resume: dict | None = None) -> dict:
         device,
     )
     normalize = Normalize(cfg.data.normalization, device, cfg.channels_last)
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)  # shuffling and augmentation
+    shuffle = torch.Generator().manual_seed(cfg.seed)  # the same order on every rank
+    augment = torch.Generator(device=device).manual_seed(cfg.seed + world.rank)  # each rank's own draws
     log.info(
-        "data: %d train, %d val%s, %d test | device %s, precision %s",
+        "data: %d train, %d val%s, %d test | device %s x %d, precision %s",
         len(splits.train),
         len(splits.val),
         " (= test set)" if splits.val_is_test else "",
         len(splits.test),
         device,
+        world.size,
         precision.name,
     )
 
-    model = build_model(cfg.model).to(device)
+    model = build_model(cfg.model)
+    if cfg.sync_bn:
+        if device.type != "cuda":
+            raise UserError("sync_bn=true needs CUDA (torch's SyncBatchNorm runs on GPUs only); use sync_bn=false")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    forward = model
+    if world.enabled:  # averages the gradients over the ranks during backward
+        forward = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:  # fuses the step's small ops; `model` keeps the (unprefixed) state dict
+        forward = torch.compile(forward)
     total_params, trainable_params = count_parameters(model)
     optimizer = build_optimizer(cfg.optimizer, model)
-    steps_per_epoch = len(batch_indices(len(splits.train), cfg.batch_size, generator.clone_state()))
+    steps_per_epoch = len(batch_indices(len(splits.train), cfg.batch_size, shuffle.clone_state()))
     step = Step(
-        model=model,
+        model=forward,
         optimizer=optimizer,
         schedule=build_schedule(cfg.scheduler, optimizer, cfg.epochs, steps_per_epoch),
         scaler=precision.grad_scaler(),
@@ -222,9 +248,9 @@ def fit(cfg: DictConfig, run_dir: Path, resume: dict | None = None) -> dict:
     history: list[dict] = []
     best_state, stop_reason = None, None
     if resume is not None:
-        history, best_state = restore(resume, step, tracker, generator, run_dir)
+        history, best_state = restore(resume, step, tracker, shuffle, augment, run_dir, world)
         log.info("resumed %s after epoch %d", run_dir, len(history))
-    logger = instantiate(cfg.logger)(run_dir=run_dir, config=config)
+    logger = instantiate(cfg.logger)(run_dir=run_dir, config=config) if world.is_main else NoLogger(run_dir, config)
 
     def checkpoint(epoch: int) -> dict:
         return {
@@ -234,7 +260,11 @@ def fit(cfg: DictConfig, run_dir: Path, resume: dict | None = None) -> dict:
             "scheduler": step.schedule.state_dict(),
             "scaler": step.scaler.state_dict(),
             "tracker": tracker.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), "generator": generator.get_state()},
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "shuffle": shuffle.get_state(),
+                "augment": distributed.gather_objects(augment.get_state(), world),
+            },  # one per rank
             "epoch": epoch,
             "config": config,
             "history": history,
@@ -247,11 +277,12 @@ def fit(cfg: DictConfig, run_dir: Path, resume: dict | None = None) -> dict:
             tic = time.perf_counter()
             try:
                 train_loss, train_acc = train_one_epoch(
-                    step, splits.train, cfg.batch_size, generator, cfg.progress, stop
+                    step, splits.train, cfg.batch_size, shuffle, augment, cfg.progress, stop, world
                 )
             except TrainingStopped as stopped:
                 stopped.args = (f"epoch {epoch}: {stopped}",)
-                record_stop(run_dir, stopped, history)
+                if world.is_main:
+                    record_stop(run_dir, stopped, history)
                 raise
             val = evaluate(evaluated, splits.val, normalize, precision, cfg.eval_batch_size)
             step.schedule.after_epoch(val.loss)
@@ -263,11 +294,15 @@ def fit(cfg: DictConfig, run_dir: Path, resume: dict | None = None) -> dict:
             epochs_bar.set_postfix(val_acc=f"{val.accuracy:.2f}")
             logger.log_epoch(history[-1])
 
-            if tracker.update(epoch, val.loss if cfg.monitor == "val_loss" else val.accuracy):
+            improved = tracker.update(epoch, val.loss if cfg.monitor == "val_loss" else val.accuracy)
+            if improved:
                 best_state = copy.deepcopy(evaluated.state_dict())
-                save_checkpoint(run_dir / "checkpoints" / "best.pt", checkpoint(epoch))
-            save_checkpoint(run_dir / "checkpoints" / "last.pt", checkpoint(epoch))
-            artifacts.write_history(run_dir, history)
+            state = checkpoint(epoch)  # a collective with several ranks: every rank takes part
+            if world.is_main:
+                if improved:
+                    save_checkpoint(run_dir / "checkpoints" / "best.pt", state)
+                save_checkpoint(run_dir / "checkpoints" / "last.pt", state)
+                artifacts.write_history(run_dir, history)
             if tracker.should_stop:
                 stop_reason = f"early stopping at epoch {epoch}: {tracker.reason()}"
                 log.info(stop_reason)
@@ -299,6 +334,7 @@ def fit(cfg: DictConfig, run_dir: Path, resume: dict | None = None) -> dict:
             "precision": precision.name,
             "channels_last": bool(cfg.channels_last),
             "deterministic": bool(cfg.deterministic),
+            "processes": world.size,
             "resumed": resume is not None,
             "seed": cfg.seed,
             "started_at": started.isoformat(timespec="seconds"),
@@ -306,17 +342,24 @@ def fit(cfg: DictConfig, run_dir: Path, resume: dict | None = None) -> dict:
             "versions": versions(),
         },
     )
-    artifacts.write_run(run_dir, metrics, test, splits.test.images.cpu(), CLASSES, history)
-    logger.finish(metrics)
+    if world.is_main:
+        artifacts.write_run(run_dir, metrics, test, splits.test.images.cpu(), CLASSES, history)
+        logger.finish(metrics)
     return metrics
 
 
 def restore(
-    state: dict, step: Step, tracker: BestTracker, generator: torch.Generator, run_dir: Path
+    state: dict,
+    step: Step,
+    tracker: BestTracker,
+    shuffle: torch.Generator,
+    augment: torch.Generator,
+    run_dir: Path,
+    world: World,
 ) -> tuple[list[dict], dict | None]:
     """Puts a last.pt checkpoint back; returns its history and the best weights so far."""
     try:
-        step.model.load_state_dict(state["model"])
+        unwrap(step.model).load_state_dict(state["model"])
         if step.ema is not None:
             step.ema.load_state_dict(state["ema"])
         step.optimizer.load_state_dict(state["optimizer"])
@@ -324,7 +367,11 @@ def restore(
         step.scaler.load_state_dict(state["scaler"])
         tracker.load_state_dict(state["tracker"])
         torch.set_rng_state(state["rng"]["torch"])
-        generator.set_state(state["rng"]["generator"])
+        shuffle.set_state(state["rng"]["shuffle"])
+        augment_states = state["rng"]["augment"]
+        if len(augment_states) != world.size:
+            raise ValueError(f"saved by {len(augment_states)} processes, resumed with {world.size}")
+        augment.set_state(augment_states[world.rank])
     except (KeyError, RuntimeError, ValueError, TypeError) as exc:
         raise UserError(f"checkpoint {run_dir}/checkpoints/last.pt does not fit this run and cannot be resumed "
                         f"({type(exc).__name__}: {str(exc).splitlines()[0][:150]})") from None  # fmt: skip
@@ -334,6 +381,12 @@ def restore(
         best = load_checkpoint(best_file)
         best_state = best["ema"]["module"] if best.get("ema") else best["model"]
     return list(state["history"]), best_state
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The model inside torch.compile and DistributedDataParallel wrappers."""
+    module = getattr(module, "_orig_mod", module)
+    return getattr(module, "module", module) if isinstance(module, DistributedDataParallel) else module
 
 
 def record_stop(run_dir: Path, stopped: TrainingStopped, history: list[dict]) -> None:

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import sys
 from pathlib import Path
 
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from cifarbench import distributed
 from cifarbench.artifacts import write_json
 from cifarbench.checkpoint import load_checkpoint
+from cifarbench.config import register_resolvers
 from cifarbench.errors import TrainingStopped, UserError
 from cifarbench.train import fit
 from cifarbench.validate import check_config
@@ -23,8 +27,11 @@ log = logging.getLogger("cifarbench")
 def train_job(cfg: DictConfig) -> float | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
+    main_process = distributed.world_from_env().is_main
     try:
         resume = None
+        if in_sweep and not cfg.resume and requeued(run_dir):
+            cfg.resume = str(run_dir)  # a cluster job requeued after preemption continues where it was
         if cfg.resume:
             resume = load_checkpoint(Path(cfg.resume) / "checkpoints" / "last.pt")
             cfg = continue_with(resume["config"], cfg)
@@ -32,6 +39,7 @@ def train_job(cfg: DictConfig) -> float | None:
             OmegaConf.resolve(cfg)  # the saved config says what ran, not how it was computed
             check_config(cfg)
             OmegaConf.save(cfg, run_dir / "config.yaml")
+        set_threads(cfg)
         return fit(cfg, run_dir, resume)["test"]["accuracy"]
     except UserError as exc:
         if in_sweep:  # one bad job must not lose the others: record it, let the sweep go on
@@ -40,7 +48,8 @@ def train_job(cfg: DictConfig) -> float | None:
             return None
         if not cfg.resume and not (run_dir / "history.csv").exists():
             shutil.rmtree(run_dir, ignore_errors=True)  # nothing trained: leave no run-looking folder
-        print(f"cifarbench: error: {exc}", file=sys.stderr)
+        if main_process:
+            print(f"cifarbench: error: {exc}", file=sys.stderr)
         sys.exit(2)
     except TrainingStopped as stopped:  # fit has written metrics.json with the status
         message = f"cifarbench: training {stopped.status} in {run_dir}: {stopped}"
@@ -50,7 +59,8 @@ def train_job(cfg: DictConfig) -> float | None:
             message += f"; the last good checkpoint is kept: {run_dir / 'checkpoints' / 'last.pt'}"
         else:
             message += "; no epoch completed, so there is no checkpoint"
-        print(message, file=sys.stderr)
+        if main_process:
+            print(message, file=sys.stderr)
         if in_sweep and stopped.status != "interrupted":
             return None  # a diverged job is a result of the sweep; an interrupt stops the sweep
         sys.exit(stopped.exit_code)
@@ -60,6 +70,30 @@ def train_job(cfg: DictConfig) -> float | None:
             log.exception("job failed")
             return None
         raise
+    finally:
+        distributed.shutdown()
+        if not main_process:
+            shutil.rmtree(run_dir, ignore_errors=True)  # a torchrun worker's scratch directory
+
+
+def requeued(run_dir: Path) -> bool:
+    """This job ran before in this very directory (a requeued array job) and did not finish."""
+    metrics = run_dir / "metrics.json"
+    finished = metrics.is_file() and '"completed"' in metrics.read_text()
+    return (run_dir / "checkpoints" / "last.pt").is_file() and not finished
+
+
+def set_threads(cfg: DictConfig) -> None:
+    """`threads`, or for parallel local sweeps (joblib) cores / n_jobs, so jobs never oversubscribe."""
+    threads = cfg.threads
+    launcher = HydraConfig.get().launcher
+    if threads is None and "Joblib" in str(launcher.get("_target_", "")):
+        n_jobs = launcher.get("n_jobs") or 1
+        cores = os.cpu_count() or 1
+        threads = 1 if n_jobs < 0 else max(1, cores // n_jobs)
+    if threads:
+        torch.set_num_threads(threads)
+    log.info("torch threads: %d", torch.get_num_threads())
 
 
 def continue_with(saved: dict, cfg: DictConfig) -> DictConfig:
@@ -68,3 +102,6 @@ def continue_with(saved: dict, cfg: DictConfig) -> DictConfig:
     resumed.progress, resumed.device = cfg.progress, cfg.device
     resumed.resume = cfg.resume
     return resumed
+
+
+register_resolvers()  # launcher workers (joblib, submitit) import this module to run the task

@@ -33,9 +33,14 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "batch_size": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "eval_batch_size": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "seed": (_is_int, "an integer"),
+    "threads": (lambda v: v is None or (_is_int(v) and v >= 1), "null or an integer >= 1"),
     "device": (lambda v: v in ("auto", "cpu", "cuda", "mps"), "one of auto, cpu, cuda, mps"),
     "precision": (lambda v: v in ("auto", "fp32", "bf16", "fp16"), "one of auto, fp32, bf16, fp16"),
     "test_weights": (lambda v: v in ("best", "last"), "best or last"),
+    "compile": (lambda v: isinstance(v, bool), "true or false"),
+    "channels_last": (lambda v: isinstance(v, bool), "true or false"),
+    "deterministic": (lambda v: isinstance(v, bool), "true or false"),
+    "progress": (lambda v: isinstance(v, bool), "true or false"),
     "monitor": (lambda v: v in ("val_acc", "val_loss"), "val_acc or val_loss"),
     "label_smoothing": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
     "grad_clip": (lambda v: v is None or (_is_number(v) and v > 0), "null or a number > 0"),
@@ -106,9 +111,33 @@ def _check_group_choices(overrides: list[str]) -> None:
                 raise UserError(f"{group}={value} is not known; choose one of: {', '.join(options)}")
 
 
+# hydra/launcher option -> (the plugin's module, the extra that installs it)
+LAUNCHERS = {
+    "joblib": ("hydra_plugins.hydra_joblib_launcher", "joblib"),
+    "submitit_local": ("hydra_plugins.hydra_submitit_launcher", "submitit"),
+    "submitit_slurm": ("hydra_plugins.hydra_submitit_launcher", "submitit"),
+    "slurm": ("hydra_plugins.hydra_submitit_launcher", "submitit"),
+}
+
+
+def check_launcher(overrides: list[str]) -> None:
+    import importlib
+
+    for override in overrides:
+        name = override.split("=", 1)[1] if override.startswith("hydra/launcher=") else None
+        if name in LAUNCHERS:
+            try:
+                importlib.import_module(LAUNCHERS[name][0])
+            except ImportError:
+                extra = LAUNCHERS[name][1]
+                raise UserError(f"hydra/launcher={name} needs the optional '{extra}' extra, which is not installed: "
+                                f"pip install 'cifarbench[{extra}]'") from None  # fmt: skip
+
+
 def check_overrides(overrides: list[str]) -> DictConfig:
     """Composes the config the overrides ask for (a sweep's first job) and checks it, before Hydra
     creates any run directory. Returns the composed config."""
+    check_launcher(overrides)
     overrides = [o for o in overrides if o not in ("-m", "--multirun")]
     if any(arg.startswith("-") for arg in overrides):
         return OmegaConf.create()  # Hydra's own modes (--help, --cfg, --info ...) check their own arguments

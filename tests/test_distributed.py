@@ -1,0 +1,114 @@
+"""Data-parallel training: torchrun with 2 CPU processes (gloo) against 1 process, same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import SMOKE
+
+# baseline has no batch norm and augmentation=none draws nothing: what differs between 1 and 2
+# processes is then only dropout's masks (and float summation order).
+RUN = [*SMOKE, "model=baseline", "augmentation=none", "data.train_subset=1000", "data.test_subset=500",
+       "epochs=2", "batch_size=64"]  # fmt: skip
+
+
+def train(cwd: Path, env: dict, processes: int, name: str) -> dict:
+    command = ["cifarbench", "train", *RUN, f"name={name}"]
+    if processes > 1:
+        torchrun = shutil.which("torchrun") or sys.executable
+        launcher = [torchrun] if torchrun.endswith("torchrun") else [sys.executable, "-m", "torch.distributed.run"]
+        command = [*launcher, "--standalone", f"--nproc_per_node={processes}", "-m", "cifarbench", *command[1:]]
+    result = subprocess.run(command, cwd=cwd, env={**os.environ, **env, "OMP_NUM_THREADS": "1"},
+                            capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = list((cwd / "outputs" / name).rglob("metrics.json"))
+    assert len(runs) == 1, runs  # one run directory, written by rank 0 only
+    return json.loads(runs[0].read_text())
+
+
+def test_two_processes_match_one(tmp_path: Path, run_env: dict) -> None:
+    one = train(tmp_path, run_env, 1, "ddp1")
+    two = train(tmp_path, run_env, 2, "ddp2")
+    assert one["processes"] == 1 and two["processes"] == 2
+    assert two["data_sizes"] == one["data_sizes"] and two["epochs_run"] == 2
+    assert abs(two["test"]["accuracy"] - one["test"]["accuracy"]) <= 4.0, (one["test"], two["test"])
+    assert abs(two["train"]["loss"] - one["train"]["loss"]) <= 0.1
+    run = next((tmp_path / "outputs" / "ddp2").iterdir())
+    for name in ("history.csv", "confusion_matrix.png", "checkpoints/last.pt", "train.log"):
+        assert (run / name).is_file()
+    assert not list(Path("/tmp").glob("cifarbench-rank1-*/*"))  # the worker left nothing behind
+    print(
+        f"1 process: {one['test']['accuracy']:.2f}% in {one['total_seconds']:.1f}s; "
+        f"2 processes: {two['test']['accuracy']:.2f}% in {two['total_seconds']:.1f}s"
+    )
+
+
+def test_global_batch_must_divide(tmp_path: Path, run_env: dict) -> None:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "cifarbench",
+               "train", *RUN, "batch_size=63", "name=odd"]  # fmt: skip
+    result = subprocess.run(command, cwd=tmp_path, env={**os.environ, **run_env, "OMP_NUM_THREADS": "1"},
+                            capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert result.returncode != 0
+    assert "batch_size=63 is the global batch and must divide evenly over 2 processes" in result.stderr
+
+
+@pytest.mark.parametrize("flag", ["-m"])
+def test_torchrun_refuses_a_sweep(tmp_path: Path, run_env: dict, flag: str) -> None:
+    env = {**os.environ, **run_env, "WORLD_SIZE": "2", "RANK": "0"}
+    result = subprocess.run(["cifarbench", "train", flag, "epochs=1,2"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 2 and "torchrun starts one training" in result.stderr
+
+
+# --- sweeps beyond one process ---------------------------------------------------------------------
+
+SWEEP = [*(o for o in SMOKE if not o.startswith("batch_size")), "data.train_subset=100", "epochs=1"]
+
+
+@pytest.mark.parametrize(
+    ("launcher", "options"),
+    [("joblib", ["hydra.launcher.n_jobs=2"]), ("submitit_local", ["hydra.launcher.timeout_min=10"])],
+)
+def test_launcher_sweep_writes_its_summary(tmp_path: Path, run_env: dict, launcher: str, options: list[str]) -> None:
+    result = subprocess.run(
+        ["cifarbench", "train", "-m", *SWEEP, f"name={launcher}", f"hydra/launcher={launcher}", *options,
+         "batch_size=32,64"],
+        cwd=tmp_path, env={**os.environ, **run_env}, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sweep,) = (tmp_path / "outputs" / launcher).iterdir()
+    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
+    assert jobs == ["0", "1"]
+    summary = (sweep / "summary.csv").read_text().splitlines()
+    assert summary[0].startswith("job,batch_size,status,test_acc")
+    assert [line.split(",")[:3] for line in summary[1:]] == [["0", "32", "completed"], ["1", "64", "completed"]]
+    if launcher == "joblib":  # 2 jobs on this machine's cores: each gets cores // 2 threads
+        threads = max(1, (os.cpu_count() or 1) // 2)
+        assert f"torch threads: {threads}" in (sweep / "0" / "train.log").read_text()
+
+
+def test_slurm_preset_composes(tmp_path: Path) -> None:
+    result = subprocess.run(["cifarbench", "train", "-m", "--cfg", "hydra", "hydra/launcher=slurm"], cwd=tmp_path,
+                            capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    for line in ("gpus_per_node: 1", "timeout_min: 240", "array_parallelism: 16", "max_num_timeout: 3"):
+        assert line in result.stdout
+
+
+def test_missing_launcher_names_the_extra(tmp_path: Path) -> None:
+    blocker = tmp_path / "block" / "hydra_plugins" / "hydra_joblib_launcher"
+    blocker.mkdir(parents=True)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "block")}
+    (blocker.parent / "__init__.py").write_text("")
+    (blocker / "__init__.py").write_text("raise ImportError('blocked by the test')\n")
+    result = subprocess.run(["cifarbench", "train", "-m", "hydra/launcher=joblib", "epochs=1,2"], cwd=tmp_path,
+                            env=env, capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 2
+    assert "pip install 'cifarbench[joblib]'" in result.stderr
