@@ -95,7 +95,7 @@ def test_launcher_sweep_writes_its_summary(tmp_path: Path, run_env: dict, launch
 
 
 def test_slurm_preset_composes(tmp_path: Path) -> None:
-    result = subprocess.run(["cifarbench", "train", "-m", "--cfg", "hydra", "hydra/launcher=slurm"], cwd=tmp_path,
+    result = subprocess.run(["cifarbench", "train", "--cfg", "hydra", "hydra/launcher=slurm"], cwd=tmp_path,
                             capture_output=True, text=True)  # fmt: skip
     assert result.returncode == 0, result.stderr
     for line in ("gpus_per_node: 1", "timeout_min: 240", "array_parallelism: 16", "max_num_timeout: 3"):

@@ -78,7 +78,8 @@ def grid(sweep_dir: Path, swept: list[str], values: list[dict[str, str]], runs: 
             run = by_cell.get((a, b))
             acc = run.test("accuracy") if run else None
             loss = run.test("loss") if run else None
-            rows.append([a, b, "failed" if acc is None else f"{acc:.2f}%", "-" if loss is None else f"{loss:.3f}"])
+            status = run.status if run else "not run"
+            rows.append([a, b, status if acc is None else f"{acc:.2f}%", "-" if loss is None else f"{loss:.3f}"])
             if acc is not None:
                 accuracy[i, j] = acc
     fig, ax = plt.subplots(figsize=(1.6 * len(seconds) + 2.5, 1.2 * len(firsts) + 1.8))
@@ -89,8 +90,9 @@ def grid(sweep_dir: Path, swept: list[str], values: list[dict[str, str]], runs: 
     ax.set_ylabel(first)
     for i in range(len(firsts)):
         for j in range(len(seconds)):
-            text = "failed" if np.isnan(accuracy[i, j]) else f"{accuracy[i, j]:.2f}%"
-            ax.text(j, i, text, ha="center", va="center", color="white" if text == "failed" else "black")
+            missing = np.isnan(accuracy[i, j])
+            text = "no result" if missing else f"{accuracy[i, j]:.2f}%"
+            ax.text(j, i, text, ha="center", va="center", color="white" if missing else "black")
     fig.colorbar(image, ax=ax, label="test accuracy (%)")
     ax.set_title("Test accuracy")
     fig.tight_layout()
