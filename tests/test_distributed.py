@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -112,3 +113,26 @@ def test_missing_launcher_names_the_extra(tmp_path: Path) -> None:
                             env=env, capture_output=True, text=True)  # fmt: skip
     assert result.returncode == 2
     assert "pip install 'cifarbench[joblib]'" in result.stderr
+
+
+def test_a_requeued_sweep_job_resumes_from_its_last_checkpoint(tmp_path: Path, run_env: dict) -> None:
+    """What a cluster does after preemption: the same job runs again in the same directory."""
+    sweep_dir = tmp_path / "sweep"
+    command = ["cifarbench", "train", "-m", *SWEEP, "data.train_subset=1000", "epochs=3", "name=requeue",
+               f"hydra.sweep.dir={sweep_dir}", "seed=0"]  # fmt: skip
+    env = {**os.environ, **run_env}
+    first = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    history = sweep_dir / "0" / "history.csv"
+    deadline = time.monotonic() + 300
+    while not history.exists():
+        assert first.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    first.kill()  # preempted: no chance to clean up
+    first.wait()
+    done_before = len(history.read_text().strip().splitlines()) - 1
+    assert done_before < 3
+
+    subprocess.run(command, cwd=tmp_path, env=env, check=True, capture_output=True, timeout=600)
+    metrics = json.loads((sweep_dir / "0" / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["resumed"] is True and metrics["epochs_run"] == 3
+    assert f"resumed {sweep_dir / '0'} after epoch {done_before}" in (sweep_dir / "0" / "train.log").read_text()

@@ -204,19 +204,7 @@ def fit(cfg: DictConfig, run_dir: Path, resume: dict | None = None) -> dict:
         precision.name,
     )
 
-    model = build_model(cfg.model)
-    if cfg.sync_bn:
-        if device.type != "cuda":
-            raise UserError("sync_bn=true needs CUDA (torch's SyncBatchNorm runs on GPUs only); use sync_bn=false")
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model = model.to(device)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    forward = model
-    if world.enabled:  # averages the gradients over the ranks during backward
-        forward = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.compile:  # fuses the step's small ops; `model` keeps the (unprefixed) state dict
-        forward = torch.compile(forward)
+    model, forward = place_model(build_model(cfg.model), cfg, device, world)
     total_params, trainable_params = count_parameters(model)
     optimizer = build_optimizer(cfg.optimizer, model)
     steps_per_epoch = len(batch_indices(len(splits.train), cfg.batch_size, shuffle.clone_state()))
@@ -263,8 +251,8 @@ def fit(cfg: DictConfig, run_dir: Path, resume: dict | None = None) -> dict:
             "rng": {
                 "torch": torch.get_rng_state(),
                 "shuffle": shuffle.get_state(),
-                "augment": distributed.gather_objects(augment.get_state(), world),
-            },  # one per rank
+                "augment": distributed.gather_objects(augment.get_state(), world),  # one per rank
+            },
             "epoch": epoch,
             "config": config,
             "history": history,
@@ -346,6 +334,25 @@ def fit(cfg: DictConfig, run_dir: Path, resume: dict | None = None) -> dict:
         artifacts.write_run(run_dir, metrics, test, splits.test.images.cpu(), CLASSES, history)
         logger.finish(metrics)
     return metrics
+
+
+def place_model(model: nn.Module, cfg: DictConfig, device: torch.device, world: World) -> tuple[nn.Module, nn.Module]:
+    """(model, forward): the model on its device and memory format, and what the step calls - the
+    same module, or it wrapped by DistributedDataParallel and/or torch.compile. Weights and state
+    dicts always come from `model`, so checkpoints look the same however the run was launched."""
+    if cfg.sync_bn:
+        if device.type != "cuda":
+            raise UserError("sync_bn=true needs CUDA (torch's SyncBatchNorm runs on GPUs only); use sync_bn=false")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = model.to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    forward = model
+    if world.enabled:  # averages the gradients over the ranks during backward
+        forward = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:  # fuses the step's small ops
+        forward = torch.compile(forward)
+    return model, forward
 
 
 def restore(
