@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import csv
 import html
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -63,10 +64,13 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
 
 
 def write_csv(path: Path, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    with path.open("w", newline="") as fh:
+    """Atomic (temporary file, then rename): parallel sweep jobs rewrite the same summary."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    with tmp.open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(headers)
         writer.writerows([["" if v is None else v for v in row] for row in rows])
+    os.replace(tmp, path)
 
 
 def table(runs: list[Run], sort: str, descending: bool) -> list[list[Any]]:

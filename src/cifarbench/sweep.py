@@ -19,6 +19,7 @@ import numpy as np
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from cifarbench.artifacts import write_text_atomic
 from cifarbench.report import markdown_table, write_csv
 from cifarbench.runs import Run, load_run
 
@@ -58,7 +59,7 @@ def write_summary(sweep_dir: Path) -> list[Run]:
     text += markdown_table(headers, [[_fmt(v) for v in row] for row in rows])
     if len(swept) == 2:
         text += "\n" + grid(sweep_dir, swept, values, runs)
-    (sweep_dir / "summary.md").write_text(text)
+    write_text_atomic(sweep_dir / "summary.md", text)
     return runs
 
 
