@@ -118,7 +118,7 @@ def test_missing_launcher_names_the_extra(tmp_path: Path) -> None:
 def test_a_requeued_sweep_job_resumes_from_its_last_checkpoint(tmp_path: Path, run_env: dict) -> None:
     """What a cluster does after preemption: the same job runs again in the same directory."""
     sweep_dir = tmp_path / "sweep"
-    command = ["cifarbench", "train", "-m", *SWEEP, "data.train_subset=1000", "epochs=3", "name=requeue",
+    command = ["cifarbench", "train", "-m", *SWEEP, "data.train_subset=500", "epochs=3", "name=requeue",
                f"hydra.sweep.dir={sweep_dir}", "seed=0"]  # fmt: skip
     env = {**os.environ, **run_env}
     first = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

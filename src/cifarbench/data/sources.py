@@ -8,10 +8,14 @@ cache only ever holds a data set that is known to be right.
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import io
 import logging
+import lzma
 import tarfile
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -97,15 +101,25 @@ def _iter_folder(root: Path) -> Iterator[tuple[str, bytes]]:
 
 
 def _iter_tar(path: Path) -> Iterator[tuple[str, bytes]]:
+    """All members are read before any is decoded, so that a corrupt archive is reported as such
+    rather than as the odd image or class folder it garbled."""
+    files = []
     try:
+        # tarfile takes a garbled header for the end of the archive, so a corrupt .tar.gz could pass
+        # for a short one: first read the compressed stream to its end, which checks its CRC.
+        opener = {".gz": gzip.open, ".tgz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(path.suffix.lower())
+        if opener is not None:
+            with opener(path) as stream:
+                while stream.read(1 << 20):
+                    pass
         with tarfile.open(path, "r:*") as archive:
             for member in archive:
-                if member.isfile():
-                    handle = archive.extractfile(member)
-                    if handle is not None:
-                        yield member.name, handle.read()
-    except (tarfile.TarError, EOFError, OSError, zipfile.BadZipFile) as exc:
+                handle = archive.extractfile(member) if member.isfile() else None
+                if handle is not None:
+                    files.append((member.name, handle.read()))
+    except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError) as exc:
         raise UserError(f"{path}: archive is truncated or corrupt ({exc})") from None
+    yield from files
 
 
 def _iter_zip(path: Path) -> Iterator[tuple[str, bytes]]:
