@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -136,3 +137,28 @@ def test_a_requeued_sweep_job_resumes_from_its_last_checkpoint(tmp_path: Path, r
     metrics = json.loads((sweep_dir / "0" / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["resumed"] is True and metrics["epochs_run"] == 3
     assert f"resumed {sweep_dir / '0'} after epoch {done_before}" in (sweep_dir / "0" / "train.log").read_text()
+
+
+def test_two_process_run_resumes_to_the_same_numbers(tmp_path: Path, run_env: dict) -> None:
+    """SIGTERM to torchrun, then `torchrun ... resume=RUN`: the same numbers as an uninterrupted run."""
+    run = [*SMOKE, "model=kerascnn", "data.train_subset=1000", "epochs=3", "batch_size=64", "deterministic=true"]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "cifarbench"]
+    env = {**os.environ, **run_env, "OMP_NUM_THREADS": "1"}
+    subprocess.run([*launcher, "train", *run, "name=full"], cwd=tmp_path, env=env, check=True, capture_output=True)
+    cut = subprocess.Popen([*launcher, "train", *run, "name=cut"], cwd=tmp_path, env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not list((tmp_path / "outputs" / "cut").rglob("history.csv")):
+        assert cut.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    cut.send_signal(signal.SIGTERM)  # torchrun passes it on to both workers
+    cut.wait(timeout=300)
+    (run_dir,) = (tmp_path / "outputs" / "cut").iterdir()
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] in ("interrupted", "completed")
+    subprocess.run([*launcher, "train", f"resume={run_dir}", "progress=false"], cwd=tmp_path, env=env, check=True,
+                   capture_output=True)  # fmt: skip
+    (full_dir,) = (tmp_path / "outputs" / "full").iterdir()
+    full, resumed = (json.loads((d / "metrics.json").read_text()) for d in (full_dir, run_dir))
+    for key in ("train", "val", "test", "epochs_run", "best_epoch"):
+        assert resumed[key] == full[key], key
+    assert resumed["processes"] == 2 and (run_dir / ".hydra").is_dir()  # the run directory survived its workers

@@ -84,12 +84,12 @@ def train(overrides: list[str]) -> int:
 
     from cifarbench.validate import check_overrides
 
-    overrides = overrides + distributed_overrides(overrides)
     resume = [o.split("=", 1)[1] for o in overrides if o.startswith("resume=")]
     if resume:
         overrides = resume_overrides(Path(resume[-1]), overrides)
     else:
         check_overrides(overrides)  # bad keys and values fail here, before any run directory exists
+    overrides = overrides + distributed_overrides(overrides)  # last: a torchrun worker never writes the run
     from cifarbench.train_job import train_job  # torch and friends: only once the config is known good
 
     register_resolvers()
@@ -102,6 +102,7 @@ def distributed_overrides(overrides: list[str]) -> list[str]:
     """Under torchrun every process runs this command; only rank 0 owns the run directory and the
     log, the others write nothing (Hydra gets a scratch directory and no log files)."""
     from cifarbench.distributed import world_from_env
+    from cifarbench.train_job import SCRATCH_PREFIX
 
     world = world_from_env()
     if not world.enabled:
@@ -110,7 +111,7 @@ def distributed_overrides(overrides: list[str]) -> list[str]:
         raise UserError("torchrun starts one training; run sweeps with -m and a Hydra launcher instead")
     if world.is_main:
         return []
-    scratch = tempfile.mkdtemp(prefix=f"cifarbench-rank{world.rank}-")
+    scratch = tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{world.rank}-")
     return [f"hydra.run.dir={scratch}", "hydra.output_subdir=null", "hydra/job_logging=disabled"]
 
 

@@ -22,6 +22,7 @@ from cifarbench.train import fit
 from cifarbench.validate import check_config
 
 log = logging.getLogger("cifarbench")
+SCRATCH_PREFIX = "cifarbench-rank"  # torchrun workers' scratch run dirs (cli.distributed_overrides)
 
 
 def train_job(cfg: DictConfig) -> float | None:
@@ -72,7 +73,7 @@ def train_job(cfg: DictConfig) -> float | None:
         raise
     finally:
         distributed.shutdown()
-        if not main_process:
+        if not main_process and run_dir.name.startswith(SCRATCH_PREFIX):
             shutil.rmtree(run_dir, ignore_errors=True)  # a torchrun worker's scratch directory
 
 
