@@ -212,8 +212,8 @@ def test_missing_logger_names_the_extra(tmp_path: Path, run_env: dict) -> None:
 
 def test_a_sweep_over_presets(tmp_path: Path, run_env: dict) -> None:
     """-m experiment=glob(...) runs one job per preset; each job's name is its preset's."""
-    cli("train", "-m", "experiment=glob(r002_*,exclude=r002_resnet18)", *SMOKE, "epochs=1", "data.train_subset=100", cwd=tmp_path,
-        env=run_env)  # fmt: skip
+    presets = "experiment=glob(r002_*,exclude=r002_resnet18)"
+    cli("train", "-m", presets, *SMOKE, "epochs=1", "data.train_subset=100", cwd=tmp_path, env=run_env)
     (sweep_dir,) = (tmp_path / "outputs" / "multirun").iterdir()
     rows = read_csv(sweep_dir / "summary.csv")
     assert [(r["experiment"], r["status"]) for r in rows] == [("r002_cnn3", "completed"), ("r002_fc2", "completed")]
