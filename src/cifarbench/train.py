@@ -136,7 +136,9 @@ def train_one_epoch(
         seen += len(idx)
         if progress and i % 20 == 0:
             bar.set_postfix(loss=f"{loss_sum.item() / seen.item():.3f}", acc=f"{100 * hits.item() / seen.item():.1f}")
-        if stop is not None and any_rank(stop.signal_number is not None, device, world):
+        # With several ranks asking "did anyone get a signal?" is a collective: not every step.
+        polled = not world.enabled or i % check_every == 0
+        if stop is not None and polled and any_rank(stop.signal_number is not None, device, world):
             number = stop.signal_number or signal.SIGTERM  # a rank that got no signal stops with the others
             raise Interrupted(f"{signal.Signals(number).name} received", number)
     totals = all_reduce_sum(torch.stack([loss_sum, hits.double(), seen.double()]).double(), world)
