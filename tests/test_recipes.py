@@ -52,6 +52,16 @@ def test_no_decay_on_norm_and_bias() -> None:
     assert nesterov.param_groups[0]["nesterov"] is True
 
 
+def test_norm_lr_scale_keeps_lr_times_weight_decay() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    cfg = group_cfg("optimizer", "sgd", lr=0.5, weight_decay=0.01, norm_lr_scale=64.0)
+    others, norms = build_optimizer(cfg, model).param_groups
+    assert [p.shape for p in others["params"]] == [(4, 3, 3, 3), (4,)]  # conv weight and bias
+    assert norms["params"] == [model[1].weight, model[1].bias]
+    assert norms["lr"] == 32.0 and others["lr"] == 0.5
+    assert norms["lr"] * norms["weight_decay"] == pytest.approx(others["lr"] * others["weight_decay"])
+
+
 # --- schedules --------------------------------------------------------------------------------
 
 
@@ -96,6 +106,21 @@ def test_warmup_cosine_shape() -> None:
     assert warmup[0] == pytest.approx(0.01) and all(b > a for a, b in itertools.pairwise(warmup))
     assert max(lrs) == pytest.approx(1.0) and lrs.index(max(lrs)) == 10
     assert all(b < a for a, b in itertools.pairwise(decay)) and decay[-1] < 0.01
+
+
+def test_warmup_linear_is_a_triangle_that_keeps_group_ratios() -> None:
+    weights, shifts = nn.Parameter(torch.zeros(1)), nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([{"params": [weights]}, {"params": [shifts], "lr": 64.0}], lr=1.0)
+    schedule = build_schedule(group_cfg("scheduler", "warmup_linear"), optimizer, 10, 10)  # 20 warm-up steps
+    lrs = []
+    for _ in range(100):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        assert optimizer.param_groups[1]["lr"] == pytest.approx(64 * lrs[-1])
+        optimizer.step()
+        schedule.after_batch()
+    assert lrs[0] == pytest.approx(0.2) and lrs[10] == pytest.approx(0.6) and lrs[20] == pytest.approx(1.0)
+    assert lrs[60] == pytest.approx(1.0 - 0.93 * 40 / 80)  # straight line from 1 at step 20 ...
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.07)  # ... to 0.07 after the last step
 
 
 def test_onecycle_total_steps_is_epochs_times_batches() -> None:

@@ -41,6 +41,9 @@ BAD_CONFIGS = [
     ),
     (["data.train_subset=15"], "data.train_subset=15 is not allowed"),
     (["device=gpu"], "device='gpu' is not allowed: device must be one of auto, cpu, cuda, mps"),
+    (["tta=mirror"], "tta='mirror' is not allowed: tta must be one of none, flip, flip_translate"),
+    (["augmentation=translate", "augmentation.flip=sometimes"], "augmentation.flip='sometimes' is not allowed"),
+    (["lookahead_every=0"], "lookahead_every=0 is not allowed: lookahead_every must be null or an integer >= 1"),
 ]
 
 

@@ -2,61 +2,103 @@
 
 Each transform takes a whole batch (B, 3, H, W) of uint8 images on the training device and draws
 its randomness independently for every image from the run's generator, so augmentation is
-reproducible from `seed` and costs no per-image Python or PIL work.
+reproducible from `seed` and costs no per-image Python or PIL work. The loop also passes each
+image's index in the training split and the epoch (1, 2, ...), for schedules that depend on them
+(the alternating flip).
+
+`tta_views` is the test-time side: the flipped/translated copies whose logits are averaged.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import Generator, Tensor
 
 
-class NoAugmentation:
+class Augmentation:
+    def __call__(self, images: Tensor, generator: Generator, index: Tensor | None = None, epoch: int = 1) -> Tensor:
+        raise NotImplementedError
+
+
+class NoAugmentation(Augmentation):
     """The identity: images as they are."""
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def __call__(self, images: Tensor, generator: Generator, index: Tensor | None = None, epoch: int = 1) -> Tensor:
         return images
 
 
-class FlipCrop:
-    """Zero-pad by `padding`, take a random HxW crop, and flip horizontally with probability 0.5.
+def reflect_pad(images: torch.Tensor, p: int) -> torch.Tensor:
+    return F.pad(images, (p, p, p, p), mode="reflect")
+
+
+def fixed_coin(index: torch.Tensor, seed: int) -> torch.Tensor:
+    """A fair coin per image that depends only on (index, seed): the same for an image in every
+    epoch and after a resume, without storing a mask the size of the data set."""
+    mixed = (index.long() * 0x9E3779B1 + seed * 0x85EBCA77) & 0xFFFFFFFF
+    mixed = ((mixed ^ (mixed >> 15)) * 0x2C1B3C6D) & 0xFFFFFFFF
+    return ((mixed ^ (mixed >> 12)) & 1).bool()
+
+
+class FlipCrop(Augmentation):
+    """Pad by `padding` (zeros, or a mirror image of the border with `padding_mode: reflect`), take
+    a random HxW crop, and flip horizontally.
+
+    `flip`: true flips each image with probability 0.5; `alternating` (airbench) flips a fixed
+    random half of the images in odd epochs and the other half in even epochs, so every image is
+    seen both ways in any two consecutive epochs; false never flips.
 
     All crops of a padded image are one strided view (unfold, no copy); picking one window per image
     is then a single gather of whole 32x32 planes, about 3x faster than indexing pixel by pixel.
     """
 
-    def __init__(self, padding: int = 4, flip: bool = True) -> None:
+    def __init__(
+        self, padding: int = 4, flip: bool | str = True, padding_mode: str = "zeros", flip_seed: int = 0
+    ) -> None:
+        from cifarbench.errors import UserError
+
+        if flip not in (True, False, "alternating"):
+            raise UserError(f"augmentation.flip={flip!r} is not known; choose one of true, false, alternating")
+        if padding_mode not in ("zeros", "reflect"):
+            raise UserError(f"augmentation.padding_mode={padding_mode!r} is not known; choose zeros or reflect")
         self.padding = padding
         self.flip = flip
+        self.padding_mode = padding_mode
+        self.flip_seed = flip_seed
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def __call__(self, images: Tensor, generator: Generator, index: Tensor | None = None, epoch: int = 1) -> Tensor:
         batch, _, height, width = images.shape
         device = images.device
         p = self.padding
-        padded = F.pad(images, (p, p, p, p)) if p else images
+        padded = images
+        if p:
+            padded = reflect_pad(images, p) if self.padding_mode == "reflect" else F.pad(images, (p, p, p, p))
         windows = padded.unfold(2, height, 1).unfold(3, width, 1)  # (B, C, 2p+1, 2p+1, H, W) view
         dy = torch.randint(0, 2 * p + 1, (batch,), device=device, generator=generator)
         dx = torch.randint(0, 2 * p + 1, (batch,), device=device, generator=generator)
         out = windows[torch.arange(batch, device=device), :, dy, dx]
-        if self.flip:
+        if self.flip == "alternating" and index is not None:
+            flipped = fixed_coin(index.to(device), self.flip_seed) ^ (epoch % 2 == 0)
+        elif self.flip:  # also `alternating` called without indices (e.g. by the benchmark)
             flipped = torch.rand(batch, device=device, generator=generator) < 0.5
-            out = torch.where(flipped.view(batch, 1, 1, 1), out.flip(3), out)
-        return out
+        else:
+            return out
+        return torch.where(flipped.view(batch, 1, 1, 1), out.flip(3), out)
 
 
-class Compose:
+class Compose(Augmentation):
     """Several augmentations in order, e.g. flip+crop then cutout."""
 
     def __init__(self, steps: list) -> None:
         self.steps = steps
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def __call__(self, images: Tensor, generator: Generator, index: Tensor | None = None, epoch: int = 1) -> Tensor:
         for step in self.steps:
-            images = step(images, generator)
+            images = step(images, generator, index, epoch)
         return images
 
 
-class ShiftRotate:
+class ShiftRotate(Augmentation):
     """Random shifts (up to `shift` of the size) and rotations (up to `degrees`) plus horizontal
     flips, like Keras' ImageDataGenerator in 003: one affine warp per image, all images of the batch
     in one `grid_sample`. Pixels shifted in from outside repeat the border (Keras' 'nearest' fill)."""
@@ -66,7 +108,7 @@ class ShiftRotate:
         self.degrees = degrees
         self.flip = flip
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def __call__(self, images: Tensor, generator: Generator, index: Tensor | None = None, epoch: int = 1) -> Tensor:
         batch = images.shape[0]
         device = images.device
 
@@ -86,14 +128,14 @@ class ShiftRotate:
         return warped.round_().clamp_(0, 255).to(torch.uint8)
 
 
-class Cutout:
+class Cutout(Augmentation):
     """Zero a random `size` x `size` square per image (DeVries & Taylor, 2017); the square may hang
     over the border, so on average less than size^2 pixels are cut."""
 
     def __init__(self, size: int = 16) -> None:
         self.size = size
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def __call__(self, images: Tensor, generator: Generator, index: Tensor | None = None, epoch: int = 1) -> Tensor:
         batch, _, height, width = images.shape
         device = images.device
         top = torch.randint(0, height, (batch, 1, 1), device=device, generator=generator) - self.size // 2
@@ -104,7 +146,7 @@ class Cutout:
         return images.masked_fill(inside.unsqueeze(1), 0)
 
 
-class TorchvisionPolicy:
+class TorchvisionPolicy(Augmentation):
     """torchvision's AutoAugment (CIFAR-10 policy), RandAugment or TrivialAugmentWide, applied image
     by image: a torchvision transform called on a whole batch would draw one operation for all of it.
 
@@ -126,7 +168,7 @@ class TorchvisionPolicy:
             raise UserError(f"augmentation.policy={policy!r} is not known; choose one of {', '.join(policies)}")
         self.transform = policies[policy]()
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def __call__(self, images: Tensor, generator: Generator, index: Tensor | None = None, epoch: int = 1) -> Tensor:
         return torch.stack([self.transform(image) for image in images.cpu()]).to(images.device)
 
 
@@ -150,3 +192,23 @@ class BatchMix:
 
     def __call__(self, inputs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.mix(inputs, labels)
+
+
+def tta_views(images: torch.Tensor, level: str) -> list[tuple[float, torch.Tensor]]:
+    """(weight, view) pairs whose weighted logits sum to the test-time-augmented logits.
+
+    `flip`: the image and its mirror, half each. `flip_translate` (airbench94's TTA): half on those
+    two, half on the mirrored pairs of the image shifted one pixel up-left and one down-right
+    (reflect padding).
+    """
+    if level == "none":
+        return [(1.0, images)]
+    views = [(0.5, images), (0.5, images.flip(3))]
+    if level == "flip":
+        return views
+    if level != "flip_translate":
+        raise ValueError(f"unknown test-time augmentation {level!r}")
+    height, width = images.shape[-2:]
+    padded = reflect_pad(images, 1)
+    shifted = [padded[..., :height, :width], padded[..., 2 : height + 2, 2 : width + 2]]
+    return [(w / 2, v) for w, v in views] + [(0.125, v) for s in shifted for v in (s, s.flip(3))]

@@ -71,11 +71,25 @@ def warmup_cosine(
     """Linear warm-up over the first `warmup_fraction` of the steps, then cosine decay: torch's own
     LinearLR and CosineAnnealingLR chained by SequentialLR."""
     warmup = max(1, round(warmup_fraction * total_steps))
-    return SequentialLR(
-        optimizer,
-        schedulers=[
-            LinearLR(optimizer, start_factor=start_factor, end_factor=1.0, total_iters=warmup),
-            CosineAnnealingLR(optimizer, T_max=max(1, total_steps - warmup), eta_min=eta_min),
-        ],
-        milestones=[warmup],
-    )
+    decay = CosineAnnealingLR(optimizer, T_max=max(1, total_steps - warmup), eta_min=eta_min)
+    return _after_warmup(optimizer, decay, warmup, start_factor)
+
+
+def warmup_linear(
+    optimizer: optim.Optimizer,
+    total_steps: int,
+    warmup_fraction: float = 0.2,
+    start_factor: float = 0.2,
+    end_factor: float = 0.07,
+) -> SequentialLR:
+    """A triangle (airbench94): linear from start_factor x lr up to lr over the first
+    `warmup_fraction` of the steps, then linear down to end_factor x lr. Every parameter group keeps
+    its own lr ratio (unlike OneCycleLR, which sets one max_lr for all)."""
+    warmup = max(1, round(warmup_fraction * total_steps))
+    decay = LinearLR(optimizer, start_factor=1.0, end_factor=end_factor, total_iters=max(1, total_steps - warmup))
+    return _after_warmup(optimizer, decay, warmup, start_factor)
+
+
+def _after_warmup(optimizer: optim.Optimizer, decay: LRScheduler, warmup: int, start_factor: float) -> SequentialLR:
+    ramp = LinearLR(optimizer, start_factor=start_factor, end_factor=1.0, total_iters=warmup)
+    return SequentialLR(optimizer, schedulers=[ramp, decay], milestones=[warmup])

@@ -13,7 +13,6 @@ import math
 import os
 import signal
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -27,7 +26,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from cifarbench import artifacts, distributed
-from cifarbench.augmentation import BatchMix
+from cifarbench.augmentation import Augmentation, BatchMix, tta_views
 from cifarbench.checkpoint import load_checkpoint, save_checkpoint
 from cifarbench.config import instantiate
 from cifarbench.data import CLASSES, Normalize, Split, load_cifar10, make_splits
@@ -36,7 +35,7 @@ from cifarbench.errors import Diverged, Interrupted, TrainingStopped, UserError
 from cifarbench.interrupt import StopRequest
 from cifarbench.loggers import NoLogger
 from cifarbench.models import build_model, count_parameters
-from cifarbench.optimizers import build_optimizer
+from cifarbench.optimizers import Lookahead, build_optimizer
 from cifarbench.runtime import Precision, select_device, select_precision, versions
 from cifarbench.schedulers import Schedule, build_schedule
 from cifarbench.stopping import BestTracker
@@ -73,12 +72,13 @@ class Step:
     schedule: Schedule
     scaler: torch.amp.GradScaler
     precision: Precision
-    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+    augment: Augmentation
     normalize: Normalize
     batch_mix: BatchMix
     label_smoothing: float
     grad_clip: float | None
     ema: AveragedModel | None
+    lookahead: Lookahead | None = None
 
 
 def train_one_epoch(
@@ -90,8 +90,10 @@ def train_one_epoch(
     progress: bool,
     stop: StopRequest | None = None,
     world: World = SINGLE_PROCESS,
+    epoch: int = 1,
 ) -> tuple[float, float]:
-    """One pass over the shuffled training split; returns (mean loss, accuracy %).
+    """One pass over the shuffled training split (epoch `epoch`, counted from 1); returns
+    (mean loss, accuracy %).
 
     `batch_size` is the global batch: with several processes each takes its slice of every batch
     (`shuffle` is the same on every rank, `augment` is each rank's own). Raises Diverged on a
@@ -111,7 +113,7 @@ def train_one_epoch(
     bar = tqdm(batches, desc="train", leave=False, disable=not progress or not world.is_main)
     for i, global_idx in enumerate(bar):
         idx = global_idx.tensor_split(world.size)[world.rank].to(device, non_blocking=True)
-        inputs = step.normalize(step.augment(train.images[idx], augment))
+        inputs = step.normalize(step.augment(train.images[idx], augment, idx, epoch))
         labels = train.labels[idx]
         targets = labels
         if step.batch_mix.enabled:
@@ -129,6 +131,8 @@ def train_one_epoch(
         step.scaler.step(step.optimizer)
         step.scaler.update()
         step.schedule.after_batch()
+        if step.lookahead is not None:
+            step.lookahead.after_batch(model)
         if step.ema is not None:
             step.ema.update_parameters(model)
         loss_sum += loss.detach() * len(idx)
@@ -149,13 +153,19 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, split: Split, normalize: Normalize, precision: Precision, batch_size: int) -> EvalResult:
+def evaluate(
+    model: nn.Module, split: Split, normalize: Normalize, precision: Precision, batch_size: int, tta: str = "none"
+) -> EvalResult:
+    """Loss, accuracy and predictions on `split`; `tta` averages the logits over flipped and
+    translated views (augmentation.tta_views)."""
     model.eval()
     losses, probabilities = [], []
     for idx in batch_indices(len(split), batch_size, None):
         idx = idx.to(split.labels.device)
-        with precision.autocast():
-            logits = model(normalize(split.images[idx])).float()
+        logits = 0.0
+        for weight, view in tta_views(split.images[idx], tta):
+            with precision.autocast():
+                logits = logits + weight * model(normalize(view)).float()
         losses.append(F.cross_entropy(logits, split.labels[idx], reduction="sum"))
         probabilities.append(logits.softmax(1))
     probs = torch.cat(probabilities).cpu()
@@ -206,7 +216,11 @@ def fit(cfg: DictConfig, run_dir: Path, resume: dict | None = None) -> dict:
         precision.name,
     )
 
-    model, forward = place_model(build_model(cfg.model), cfg, device, world)
+    model = build_model(cfg.model)
+    if hasattr(model, "init_from_data"):  # data-dependent initialisation, e.g. `fast`'s whitening filters
+        sample = torch.randperm(len(splits.train), generator=torch.Generator().manual_seed(cfg.seed))[:5000]
+        model.init_from_data(normalize(splits.train.images[sample.to(device)]))
+    model, forward = place_model(model, cfg, device, world)
     total_params, trainable_params = count_parameters(model)
     optimizer = build_optimizer(cfg.optimizer, model)
     steps_per_epoch = len(batch_indices(len(splits.train), cfg.batch_size, shuffle.clone_state()))
@@ -223,6 +237,9 @@ def fit(cfg: DictConfig, run_dir: Path, resume: dict | None = None) -> dict:
         grad_clip=cfg.grad_clip,
         ema=AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
         if cfg.ema_decay
+        else None,
+        lookahead=Lookahead(model, cfg.lookahead_every, cfg.lookahead_decay, cfg.epochs * steps_per_epoch)
+        if cfg.lookahead_every
         else None,
     )
     evaluated = step.ema.module if step.ema is not None else model  # EMA on: its weights are the result
@@ -246,6 +263,7 @@ def fit(cfg: DictConfig, run_dir: Path, resume: dict | None = None) -> dict:
         return {
             "model": model.state_dict(),
             "ema": step.ema.state_dict() if step.ema is not None else None,
+            "lookahead": step.lookahead.state_dict() if step.lookahead is not None else None,
             "optimizer": optimizer.state_dict(),
             "scheduler": step.schedule.state_dict(),
             "scaler": step.scaler.state_dict(),
@@ -267,18 +285,20 @@ def fit(cfg: DictConfig, run_dir: Path, resume: dict | None = None) -> dict:
             tic = time.perf_counter()
             try:
                 train_loss, train_acc = train_one_epoch(
-                    step, splits.train, cfg.batch_size, shuffle, augment, cfg.progress, stop, world
+                    step, splits.train, cfg.batch_size, shuffle, augment, cfg.progress, stop, world, epoch
                 )
             except TrainingStopped as stopped:
                 stopped.args = (f"epoch {epoch}: {stopped}",)
                 if world.is_main:
                     record_stop(run_dir, stopped, history)
                 raise
+            train_seconds = time.perf_counter() - tic
             val = evaluate(evaluated, splits.val, normalize, precision, cfg.eval_batch_size)
             step.schedule.after_epoch(val.loss)
             seconds = time.perf_counter() - tic
             history.append({"epoch": epoch, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
-                            "val_loss": val.loss, "val_acc": val.accuracy, "seconds": seconds})  # fmt: skip
+                            "val_loss": val.loss, "val_acc": val.accuracy, "train_seconds": train_seconds,
+                            "seconds": seconds})  # fmt: skip
             log.info("epoch %d/%d  lr %.3g  train loss %.4f acc %.2f%%  val loss %.4f acc %.2f%%  %.1fs", epoch,
                      cfg.epochs, lr, train_loss, train_acc, val.loss, val.accuracy, seconds)  # fmt: skip
             epochs_bar.set_postfix(val_acc=f"{val.accuracy:.2f}")
@@ -300,10 +320,15 @@ def fit(cfg: DictConfig, run_dir: Path, resume: dict | None = None) -> dict:
 
     if cfg.test_weights == "best" and best_state is not None:
         evaluated.load_state_dict(best_state)  # also "restores the best weights" after early stopping
-    test = evaluate(evaluated, splits.test, normalize, precision, cfg.eval_batch_size)
+    test = evaluate(evaluated, splits.test, normalize, precision, cfg.eval_batch_size, cfg.tta)
     test_epoch = tracker.best_epoch if cfg.test_weights == "best" else len(history)
-    log.info("test (%s weights, epoch %d): loss %.4f acc %.2f%%", cfg.test_weights, test_epoch, test.loss,
-             test.accuracy)  # fmt: skip
+    log.info("test (%s weights, epoch %d, tta %s): loss %.4f acc %.2f%%", cfg.test_weights, test_epoch, cfg.tta,
+             test.loss, test.accuracy)  # fmt: skip
+    without_tta = None
+    if cfg.tta != "none":  # what the augmentation at test time adds, measured on the same weights
+        plain = evaluate(evaluated, splits.test, normalize, precision, cfg.eval_batch_size)
+        without_tta = {"loss": plain.loss, "accuracy": plain.accuracy}
+        log.info("test without tta: loss %.4f acc %.2f%%", plain.loss, plain.accuracy)
 
     metrics = artifacts.run_metrics(
         history=history,
@@ -317,6 +342,9 @@ def fit(cfg: DictConfig, run_dir: Path, resume: dict | None = None) -> dict:
             "test_weights": cfg.test_weights,
             "test_weights_epoch": test_epoch,
             "ema": bool(cfg.ema_decay),
+            "lookahead": bool(cfg.lookahead_every),
+            "tta": cfg.tta,
+            "test_without_tta": without_tta,
             "val_is_test": splits.val_is_test,
             "data_sizes": {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)},
             "params": {"total": total_params, "trainable": trainable_params},
@@ -371,6 +399,8 @@ def restore(
         unwrap(step.model).load_state_dict(state["model"])
         if step.ema is not None:
             step.ema.load_state_dict(state["ema"])
+        if step.lookahead is not None:
+            step.lookahead.load_state_dict(state["lookahead"])
         step.optimizer.load_state_dict(state["optimizer"])
         step.schedule.load_state_dict(state["scheduler"])
         step.scaler.load_state_dict(state["scaler"])
