@@ -90,7 +90,7 @@ def test_lookahead_pulls_toward_the_slow_weights_and_ends_on_them() -> None:
     for _ in range(4):
         with torch.no_grad():
             model.weight += 1.0  # an optimizer step
-        lookahead.after_batch(model)
+        lookahead.after_batch()
         history.append(model.weight.item())
     # step 2: d = 0.5**2 * (2/4)**3 = 1/32: slow = 1/32 * 0 + 31/32 * 2; the fast weights restart there
     assert history[1] == pytest.approx(2 * 31 / 32)

@@ -54,15 +54,19 @@ class Lookahead:
     weights (and batch-norm statistics) moves toward the fast ones, slow = d*slow + (1-d)*fast, and
     the fast weights restart from it. d = decay**every * (step/total)**3 grows from 0, so early
     training runs free and late training is smoothed; the last step leaves the slow weights in the
-    model."""
+    model.
+
+    `model` is the bare module (not its DDP or torch.compile wrapper, whose state-dict keys differ).
+    """
 
     def __init__(self, model: nn.Module, every: int, decay: float, total_steps: int) -> None:
+        self.model = model
         self.every, self.decay, self.total_steps = every, decay, total_steps
         self.steps = 0
         self.slow = {k: v.detach().clone() for k, v in model.state_dict().items() if v.dtype.is_floating_point}
 
     @torch.no_grad()
-    def after_batch(self, model: nn.Module) -> None:
+    def after_batch(self) -> None:
         self.steps += 1
         if self.steps >= self.total_steps:
             weight = 1.0  # done: the model ends on the slow weights
@@ -70,7 +74,7 @@ class Lookahead:
             weight = self.decay**self.every * (self.steps / self.total_steps) ** 3
         else:
             return
-        for name, fast in model.state_dict().items():
+        for name, fast in self.model.state_dict().items():
             if name in self.slow:
                 self.slow[name].lerp_(fast, 1.0 - weight)
                 fast.copy_(self.slow[name])

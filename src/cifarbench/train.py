@@ -132,7 +132,7 @@ def train_one_epoch(
         step.scaler.update()
         step.schedule.after_batch()
         if step.lookahead is not None:
-            step.lookahead.after_batch(model)
+            step.lookahead.after_batch()
         if step.ema is not None:
             step.ema.update_parameters(model)
         loss_sum += loss.detach() * len(idx)
