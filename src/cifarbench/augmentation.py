@@ -35,7 +35,7 @@ def reflect_pad(images: torch.Tensor, p: int) -> torch.Tensor:
 def fixed_coin(index: torch.Tensor, seed: int) -> torch.Tensor:
     """A fair coin per image that depends only on (index, seed): the same for an image in every
     epoch and after a resume, without storing a mask the size of the data set."""
-    mixed = (index.long() * 0x9E3779B1 + seed * 0x85EBCA77) & 0xFFFFFFFF
+    mixed = (index.long() * 0x9E3779B1 + (seed & 0x7FFFFFFF) * 0x85EBCA77) & 0xFFFFFFFF  # stays within int64
     mixed = ((mixed ^ (mixed >> 15)) * 0x2C1B3C6D) & 0xFFFFFFFF
     return ((mixed ^ (mixed >> 12)) & 1).bool()
 

@@ -22,31 +22,27 @@ NORM_LAYERS = (_NormBase, nn.GroupNorm, nn.LayerNorm)
 
 
 def build_optimizer(optimizer_cfg: DictConfig, model: nn.Module) -> optim.Optimizer:
-    """Only trainable parameters are handed over, so frozen layers cost nothing and stay frozen."""
+    """Only trainable parameters are handed over, so frozen layers cost nothing and stay frozen.
+    Parameters that need their own lr or weight decay (the two own keys) get their own groups."""
     cfg = OmegaConf.to_container(optimizer_cfg, resolve=True)
     decay_norm_and_bias = cfg.pop("decay_norm_and_bias", True)
     norm_lr_scale = cfg.pop("norm_lr_scale", 1.0)
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups: list[dict] = [{"params": params}]
-    if norm_lr_scale != 1.0:
+    lr, weight_decay = cfg["lr"], cfg.get("weight_decay", 0.0)
+    norm_ids = {id(p) for m in model.modules() if isinstance(m, NORM_LAYERS) for p in m.parameters()}
+    groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
         # Batch-norm shifts move slowly at a weight-sized lr; airbench scales their lr up and their
         # weight decay down by the same factor, so lr x weight decay (the shrink per step) is kept.
-        norm_ids = {id(p) for m in model.modules() if isinstance(m, NORM_LAYERS) for p in m.parameters()}
-        groups = [
-            {"params": [p for p in params if id(p) not in norm_ids]},
-            {
-                "params": [p for p in params if id(p) in norm_ids],
-                "lr": cfg["lr"] * norm_lr_scale,
-                "weight_decay": cfg.get("weight_decay", 0.0) / norm_lr_scale,
-            },
-        ]
-    elif not decay_norm_and_bias and cfg.get("weight_decay"):
+        scale = norm_lr_scale if id(p) in norm_ids else 1.0
         # Norm scales/shifts and biases are 1-D: decaying them only fights the normalisation.
-        groups = [
-            {"params": [p for p in params if p.ndim > 1]},
-            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
-        ]
-    return instantiate(cfg)(groups)
+        decay = 0.0 if p.ndim <= 1 and not decay_norm_and_bias else weight_decay / scale
+        groups.setdefault((lr * scale, decay), []).append(p)
+    param_groups = [
+        {"params": params, "lr": g_lr, "weight_decay": g_decay} for (g_lr, g_decay), params in groups.items()
+    ]
+    return instantiate(cfg)(param_groups)
 
 
 class Lookahead:
@@ -68,12 +64,17 @@ class Lookahead:
     @torch.no_grad()
     def after_batch(self) -> None:
         self.steps += 1
-        if self.steps >= self.total_steps:
-            weight = 1.0  # done: the model ends on the slow weights
-        elif self.steps % self.every == 0:
-            weight = self.decay**self.every * (self.steps / self.total_steps) ** 3
-        else:
-            return
+        if self.steps % self.every == 0:
+            self._pull(self.decay**self.every * min(1.0, self.steps / self.total_steps) ** 3)
+        if self.steps == self.total_steps:
+            self.finish()
+
+    @torch.no_grad()
+    def finish(self) -> None:
+        """Leave the slow weights in the model (also when a run stops early)."""
+        self._pull(1.0)
+
+    def _pull(self, weight: float) -> None:
         for name, fast in self.model.state_dict().items():
             if name in self.slow:
                 self.slow[name].lerp_(fast, 1.0 - weight)

@@ -318,6 +318,8 @@ def fit(cfg: DictConfig, run_dir: Path, resume: dict | None = None) -> dict:
                 log.info(stop_reason)
                 break
 
+    if step.lookahead is not None:
+        step.lookahead.finish()  # a no-op after the last step; after early stopping it matters
     if cfg.test_weights == "best" and best_state is not None:
         evaluated.load_state_dict(best_state)  # also "restores the best weights" after early stopping
     test = evaluate(evaluated, splits.test, normalize, precision, cfg.eval_batch_size, cfg.tta)
