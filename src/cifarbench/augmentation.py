@@ -17,6 +17,9 @@ from torch import Generator, Tensor
 
 
 class Augmentation:
+    """What the loop calls: a uint8 batch in, a uint8 batch out; `index` (each image's place in the
+    training split) and `epoch` are there for transforms that depend on them, the rest ignore them."""
+
     def __call__(self, images: Tensor, generator: Generator, index: Tensor | None = None, epoch: int = 1) -> Tensor:
         raise NotImplementedError
 
@@ -26,10 +29,6 @@ class NoAugmentation(Augmentation):
 
     def __call__(self, images: Tensor, generator: Generator, index: Tensor | None = None, epoch: int = 1) -> Tensor:
         return images
-
-
-def reflect_pad(images: torch.Tensor, p: int) -> torch.Tensor:
-    return F.pad(images, (p, p, p, p), mode="reflect")
 
 
 def fixed_coin(index: torch.Tensor, seed: int) -> torch.Tensor:
@@ -70,15 +69,13 @@ class FlipCrop(Augmentation):
         batch, _, height, width = images.shape
         device = images.device
         p = self.padding
-        padded = images
-        if p:
-            padded = reflect_pad(images, p) if self.padding_mode == "reflect" else F.pad(images, (p, p, p, p))
+        padded = F.pad(images, (p, p, p, p), mode="reflect" if self.padding_mode == "reflect" else "constant")
         windows = padded.unfold(2, height, 1).unfold(3, width, 1)  # (B, C, 2p+1, 2p+1, H, W) view
         dy = torch.randint(0, 2 * p + 1, (batch,), device=device, generator=generator)
         dx = torch.randint(0, 2 * p + 1, (batch,), device=device, generator=generator)
         out = windows[torch.arange(batch, device=device), :, dy, dx]
         if self.flip == "alternating" and index is not None:
-            flipped = fixed_coin(index.to(device), self.flip_seed) ^ (epoch % 2 == 0)
+            flipped = fixed_coin(index, self.flip_seed) ^ (epoch % 2 == 0)
         elif self.flip:  # also `alternating` called without indices (e.g. by the benchmark)
             flipped = torch.rand(batch, device=device, generator=generator) < 0.5
         else:
@@ -209,6 +206,6 @@ def tta_views(images: torch.Tensor, level: str) -> list[tuple[float, torch.Tenso
     if level != "flip_translate":
         raise ValueError(f"unknown test-time augmentation {level!r}")
     height, width = images.shape[-2:]
-    padded = reflect_pad(images, 1)
+    padded = F.pad(images, (1, 1, 1, 1), mode="reflect")
     shifted = [padded[..., :height, :width], padded[..., 2 : height + 2, 2 : width + 2]]
     return [(w / 2, v) for w, v in views] + [(0.125, v) for s in shifted for v in (s, s.flip(3))]

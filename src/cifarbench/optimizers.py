@@ -17,7 +17,6 @@ from torch.nn.modules.batchnorm import _NormBase
 
 from cifarbench.config import instantiate
 
-OWN_KEYS = ("decay_norm_and_bias", "norm_lr_scale")
 NORM_LAYERS = (_NormBase, nn.GroupNorm, nn.LayerNorm)
 
 

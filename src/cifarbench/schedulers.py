@@ -15,7 +15,6 @@ from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, R
 from cifarbench.config import instantiate
 from cifarbench.errors import UserError
 
-OWN_KEYS = ("interval",)
 INTERVALS = ("epoch", "step")
 
 
