@@ -10,6 +10,9 @@ For each model, the same model, batch size, optimizer and data are trained two w
   RandomHorizontalFlip, ToTensor and Normalize, a DataLoader with workers, fp32, NCHW.
 Images per second are measured after warm-up steps, over several repeats; the median is reported.
 The data path alone (augmented, normalised images per second, no model) is measured both ways too.
+For each model it also prints the floating-point work of a training step per image and the GFLOP/s
+each side reaches, as a share of this machine's peak in that side's precision (a large matrix
+product): the table then says how much is left to win, and what ratio is possible at all.
 It needs the data cache (`cifarbench data import ...`, or $CIFARBENCH_DATA). Not a test: timings
 depend on the machine, which the JSON records.
 """
@@ -19,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -30,6 +32,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
+from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms
 
 from cifarbench.augmentation import FlipCrop
@@ -37,7 +40,7 @@ from cifarbench.config import config_dir
 from cifarbench.data import Normalize, load_cifar10
 from cifarbench.data.normalize import MEAN_STD
 from cifarbench.models import build_model
-from cifarbench.runtime import select_precision
+from cifarbench.runtime import cpu_description, select_precision
 
 
 class PILCifar(Dataset):
@@ -108,6 +111,27 @@ def train_step_fn(model: torch.nn.Module, batches: Iterator, precision, channels
     return step
 
 
+def train_flops_per_image(model: torch.nn.Module) -> float:
+    """Floating-point operations of one forward+backward per image, counted by torch."""
+    batch = torch.randn(4, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    with FlopCounterMode(display=False) as counter:
+        model(batch).float().sum().backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / len(batch)
+
+
+def matmul_peak_gflops(dtype: torch.dtype, repeats: int, n: int = 2048) -> float:
+    """GFLOP/s of a large square matrix product in `dtype`: about the most dense math this machine
+    does. A training step cannot beat it, so a model's GFLOP/s against it says how much is left."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+
+    def product() -> int:
+        torch.mm(a, b)
+        return 1
+
+    return 2 * n**3 * statistics.median(images_per_second(product, 2, 5, repeats)) / 1e9
+
+
 def model_for(name: str, channels_last: bool) -> torch.nn.Module:
     torch.manual_seed(0)
     model = build_model(OmegaConf.load(config_dir() / "model" / f"{name}.yaml"))
@@ -123,10 +147,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2, help="the reference DataLoader's workers")
     parser.add_argument("--images", type=int, default=10_000, help="training images held in memory")
+    parser.add_argument("--data-batch-size", type=int, default=512, help="batch of the data-path measurement")
     parser.add_argument("--data-root", default=os.environ.get("CIFARBENCH_DATA", "data"))
     parser.add_argument("--out", type=Path, default=Path("benchmark.json"))
     parser.add_argument("--compile", action="store_true", help="also measure cifarbench with compile=true")
     args = parser.parse_args()
+    if args.images < max(args.batch_size, args.data_batch_size):
+        # only whole batches are timed: fewer images than a batch would never yield one
+        parser.error(f"--images {args.images} is smaller than a batch; it must be at least "
+                     f"--batch-size ({args.batch_size}) and --data-batch-size ({args.data_batch_size})")  # fmt: skip
 
     train = load_cifar10(OmegaConf.create({"root": args.data_root, "source": None, "download": False}))["train"]
     images = train.images[: args.images].clone()
@@ -137,8 +166,7 @@ def main() -> None:
     fp32 = select_precision("fp32", device)
     results: dict = {
         "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "cores": os.cpu_count(),
+            "cpu": cpu_description(),
             "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__,
             "cifarbench_precision": ours_precision.name,
@@ -146,15 +174,15 @@ def main() -> None:
         "batch_size": args.batch_size,
         "models": {},
     }
-    print(f"CPU, {os.cpu_count()} cores, torch {torch.__version__}; cifarbench precision={ours_precision.name}")
+    print(f"{cpu_description()}; torch {torch.__version__}; cifarbench precision={ours_precision.name}")
 
     def median(rates: list[float]) -> float:
         return round(statistics.median(rates), 1)
 
     # The data path alone: augmented, normalised batches per second.
-    ours = cifarbench_batches(images, labels, 512)
+    ours = cifarbench_batches(images, labels, args.data_batch_size)
     data_ours = images_per_second(lambda: len(next(ours)[1]), 3, 20, args.repeats)
-    reference = forever(reference_loader(images_hwc, labels.numpy(), 512, args.workers))
+    reference = forever(reference_loader(images_hwc, labels.numpy(), args.data_batch_size, args.workers))
     data_ref = images_per_second(lambda: len(next(reference)[1]), 3, 10, args.repeats)
     results["data_path"] = {"cifarbench": median(data_ours), "reference": median(data_ref),
                             "ratio": round(median(data_ours) / median(data_ref), 2)}  # fmt: skip
@@ -172,22 +200,37 @@ def main() -> None:
         loader = reference_loader(images_hwc, labels.numpy(), args.batch_size, args.workers)
         ref_step = train_step_fn(model_for(name, False), forever(loader), fp32, channels_last=False)
         ref_rates = images_per_second(ref_step, args.warmup, args.steps, args.repeats)
+        gflop = train_flops_per_image(model_for(name, True)) / 1e9
         results["models"][name] = {"cifarbench": median(ours_rates), "reference": median(ref_rates),
                                    "ratio": round(median(ours_rates) / median(ref_rates), 2),
+                                   "train_gflop_per_image": round(gflop, 4),
+                                   "cifarbench_gflops": round(gflop * median(ours_rates), 1),
+                                   "reference_gflops": round(gflop * median(ref_rates), 1),
                                    "cifarbench_runs": [round(r, 1) for r in ours_rates],
                                    "reference_runs": [round(r, 1) for r in ref_rates]}  # fmt: skip
         if compiled_rates:
             results["models"][name]["cifarbench_compile"] = median(compiled_rates)
         del loader
 
+    peaks = {name: matmul_peak_gflops(dtype, args.repeats) for name, dtype in
+             (("cifarbench", ours_precision.dtype or torch.float32), ("reference", torch.float32))}  # fmt: skip
+    results["matmul_peak_gflops"] = {name: round(peak, 1) for name, peak in peaks.items()}
+
     print(f"\ntraining step, batch {args.batch_size}: images/s (median of {args.repeats} x {args.steps} steps)")
-    print(f"{'model':<12} {'cifarbench':>11} {'reference':>10} {'ratio':>6}  {'compile=true':>12}")
+    print(f"{'model':<12} {'cifarbench':>11} {'reference':>10} {'ratio':>6}  {'compile=true':>12}  "
+          f"{'GFLOP/img':>9}  {'GFLOP/s (of peak): cifarbench':>29}  {'reference':>14}")  # fmt: skip
     for name, row in results["models"].items():
         compiled = f"{row['cifarbench_compile']:>12.1f}" if "cifarbench_compile" in row else f"{'-':>12}"
-        print(f"{name:<12} {row['cifarbench']:>11.1f} {row['reference']:>10.1f} {row['ratio']:>5.2f}x  {compiled}")
+        ours_use = f"{row['cifarbench_gflops']:.1f} ({row['cifarbench_gflops'] / peaks['cifarbench']:.0%})"
+        ref_use = f"{row['reference_gflops']:.1f} ({row['reference_gflops'] / peaks['reference']:.0%})"
+        print(f"{name:<12} {row['cifarbench']:>11.1f} {row['reference']:>10.1f} {row['ratio']:>5.2f}x  {compiled}  "
+              f"{row['train_gflop_per_image']:>9.3f}  {ours_use:>29}  {ref_use:>14}")  # fmt: skip
     data = results["data_path"]
     print(f"{'data path':<12} {data['cifarbench']:>11.1f} {data['reference']:>10.1f} {data['ratio']:>5.2f}x"
           "   (augmented + normalised images/s, no model)")  # fmt: skip
+    print(f"peak (a 2048x2048 matrix product): {peaks['cifarbench']:.1f} GFLOP/s in {ours_precision.name}, "
+          f"{peaks['reference']:.1f} in fp32; no step can beat its side's peak, so their quotient bounds the "
+          "ratio of a conv-bound model")  # fmt: skip
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nwrote {args.out}")
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import platform
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -31,8 +33,10 @@ def select_device(name: str) -> torch.device:
 
 
 def cpu_has_fast_bf16() -> bool:
-    """AMX or AVX512-BF16: only then is bf16 autocast faster than fp32 on the CPU (measured:
-    on a Cascade Lake without either, a bf16 conv is ~2.5x slower than fp32)."""
+    """AMX or AVX512-BF16: only then is bf16 autocast faster than fp32 on the CPU. Measured on a
+    3x3 conv, batch 128, 64->128 channels, forward+backward: on a Cascade Lake without either, bf16
+    is ~2.5x slower than fp32; on an AMD EPYC (Zen 4) with AVX512-BF16, 1.6x faster (220 against
+    350 ms, channels_last)."""
     cpu = getattr(torch, "cpu", None)
     checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
     return any(getattr(cpu, check, lambda: False)() for check in checks)
@@ -72,6 +76,25 @@ def select_precision(name: str, device: torch.device) -> Precision:
     return Precision(name, device.type)
 
 
+def cpu_name() -> str:
+    """The CPU's model name (e.g. "AMD EPYC"), so that every recorded figure says what hardware it
+    comes from; platform.processor() alone gives only "x86_64" or "" on Linux."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def cpu_description() -> str:
+    """Model name, core count and the bf16 support that decides `precision=auto` on the CPU."""
+    cpu = getattr(torch, "cpu", None)
+    amx = getattr(cpu, "_is_amx_tile_supported", lambda: False)()
+    avx512_bf16 = getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
+    bf16 = "AMX" if amx else "AVX512-BF16" if avx512_bf16 else "no bf16 units"
+    return f"{cpu_name()}, {os.cpu_count()} cores, {bf16}"
+
+
 def versions() -> dict[str, str]:
     import hydra
     import sklearn
@@ -84,5 +107,5 @@ def versions() -> dict[str, str]:
         "hydra": hydra.__version__,
         "sklearn": sklearn.__version__,
         "cuda": str(torch.version.cuda),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_description(),
     }
