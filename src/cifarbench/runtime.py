@@ -32,14 +32,21 @@ def select_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def cpu_bf16_units() -> str | None:
+    """The CPU's hardware for bf16 math as torch detects it: "AMX", "AVX512-BF16", or None."""
+    cpu = getattr(torch, "cpu", None)
+    for unit, check in (("AMX", "_is_amx_tile_supported"), ("AVX512-BF16", "_is_avx512_bf16_supported")):
+        if getattr(cpu, check, lambda: False)():
+            return unit
+    return None
+
+
 def cpu_has_fast_bf16() -> bool:
     """AMX or AVX512-BF16: only then is bf16 autocast faster than fp32 on the CPU. Measured on a
     3x3 conv, batch 128, 64->128 channels, forward+backward: on a Cascade Lake without either, bf16
     is ~2.5x slower than fp32; on an AMD EPYC (Zen 4) with AVX512-BF16, 1.6x faster (220 against
     350 ms, channels_last)."""
-    cpu = getattr(torch, "cpu", None)
-    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
-    return any(getattr(cpu, check, lambda: False)() for check in checks)
+    return cpu_bf16_units() is not None
 
 
 @dataclass(frozen=True)
@@ -88,11 +95,7 @@ def cpu_name() -> str:
 
 def cpu_description() -> str:
     """Model name, core count and the bf16 support that decides `precision=auto` on the CPU."""
-    cpu = getattr(torch, "cpu", None)
-    amx = getattr(cpu, "_is_amx_tile_supported", lambda: False)()
-    avx512_bf16 = getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
-    bf16 = "AMX" if amx else "AVX512-BF16" if avx512_bf16 else "no bf16 units"
-    return f"{cpu_name()}, {os.cpu_count()} cores, {bf16}"
+    return f"{cpu_name()}, {os.cpu_count()} cores, {cpu_bf16_units() or 'no bf16 units'}"
 
 
 def versions() -> dict[str, str]:
