@@ -36,6 +36,8 @@ def test_benchmark_script_writes_a_consistent_table(run_env: dict, tmp_path: Pat
     assert row["cifarbench_gflops"] == pytest.approx(row["cifarbench"] * row["train_gflop_per_image"], rel=0.01)
     assert row["reference_gflops"] == pytest.approx(row["reference"] * row["train_gflop_per_image"], rel=0.01)
     assert table["matmul_peak_gflops"]["cifarbench"] > 0 and table["matmul_peak_gflops"]["reference"] > 0
+    peak = table["matmul_peak_gflops"]["cifarbench"]
+    assert row["ratio_bound"] == pytest.approx(peak / row["reference_gflops"], rel=0.01)
     assert table["data_path"]["cifarbench"] > 0 and table["data_path"]["reference"] > 0
     assert table["machine"]["cpu"] and table["machine"]["cifarbench_precision"] in ("fp32", "bf16")
     assert "baseline" in result.stdout and "peak" in result.stdout
