@@ -173,6 +173,12 @@ def test_fast_preset_reproduces_airbench_hyperparameters() -> None:
     assert instantiate(cfg.augmentation).flip == "alternating" and cfg.augmentation.padding == 2
 
 
+def test_seed_picks_which_half_starts_flipped_without_a_preset() -> None:
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        cfg = compose("config", overrides=["augmentation=translate", "seed=3"])
+    assert instantiate(cfg.augmentation).flip_seed == 3
+
+
 def test_evaluate_averages_the_logits_of_the_tta_views() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 30 * 30, 10)).eval()
