@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
@@ -24,7 +25,11 @@ from cifarbench.train import Step, train_one_epoch
 
 
 def group_cfg(group: str, name: str, **overrides):
-    return OmegaConf.merge(OmegaConf.load(config_dir() / group / f"{name}.yaml"), overrides)
+    """One group option as the CLI composes it: interpolations (e.g. `${seed}`) resolve against the
+    default root config."""
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        cfg = compose("config", overrides=[f"{group}={name}"])
+    return OmegaConf.merge(OmegaConf.to_container(cfg[group], resolve=True), overrides)
 
 
 def tiny_optimizer(lr: float = 1.0) -> torch.optim.Optimizer:
