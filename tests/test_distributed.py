@@ -162,3 +162,32 @@ def test_two_process_run_resumes_to_the_same_numbers(tmp_path: Path, run_env: di
     for key in ("train", "val", "test", "epochs_run", "best_epoch"):
         assert resumed[key] == full[key], key
     assert resumed["processes"] == 2 and (run_dir / ".hydra").is_dir()  # the run directory survived its workers
+
+
+def test_every_rank_takes_rank_0s_decisions(tmp_path: Path, run_env: dict) -> None:
+    """kerascnn has batch norm, whose statistics are each rank's own: validated separately, the ranks
+    would see different losses, and ReduceLROnPlateau or early stopping could decide differently."""
+    # a high lr and coarse thresholds, so that both the plateau schedule and early stopping act early
+    run = [*SMOKE, "model=kerascnn", "data.train_subset=500", "epochs=12", "batch_size=64", "optimizer.lr=0.01",
+           "scheduler=plateau", "scheduler.patience=0", "scheduler.threshold=0.05", "monitor=val_loss",
+           "early_stopping.enabled=true", "early_stopping.patience=2", "early_stopping.min_delta=0.05",
+           "name=decide"]  # fmt: skip
+    spy = Path(__file__).with_name("rank_spy.py")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(spy), "train",
+               *run]  # fmt: skip
+    env = {**os.environ, **run_env, "OMP_NUM_THREADS": "1", "RANK_SPY_DIR": str(tmp_path)}
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    import torch
+
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert rank0["stopped"] is not None and len(rank0["history"]) < 12  # early stopping decided
+    assert len({row["lr"] for row in rank0["history"]}) > 1  # and the plateau schedule did
+
+    def numbers(history: list[dict]) -> list[dict]:  # each rank measures its own seconds
+        return [{k: v for k, v in row.items() if not k.endswith("seconds")} for row in history]
+
+    assert numbers(rank1["history"]) == numbers(rank0["history"]) and rank1["stopped"] == rank0["stopped"]
+    assert rank0["weights"].keys() == rank1["weights"].keys()
+    for name, tensor in rank0["weights"].items():
+        assert torch.equal(tensor, rank1["weights"][name]), name

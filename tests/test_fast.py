@@ -14,13 +14,13 @@ from torch import nn
 
 from cifarbench import train as train_module
 from cifarbench.augmentation import Augmentation, FlipCrop, tta_views
-from cifarbench.checkpoint import load_checkpoint
 from cifarbench.config import config_dir
 from cifarbench.data import Normalize, Split
 from cifarbench.errors import Interrupted
 from cifarbench.models.fast import FastNet
 from cifarbench.optimizers import Lookahead
 from cifarbench.runtime import select_precision
+from cifarbench.state import load_checkpoint
 
 
 def test_fast_net_is_airbench_sized_with_frozen_whitening_and_bn_scales() -> None:

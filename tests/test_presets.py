@@ -70,3 +70,12 @@ def test_preset_through_the_cli(tmp_path: Path, run_env: dict) -> None:
     cli("train", "experiment=smoke", cwd=tmp_path, env=run_env)
     (metrics,) = (tmp_path / "outputs" / "smoke").rglob("metrics.json")
     assert json.loads(metrics.read_text())["data_sizes"] == {"train": 500, "val": 100, "test": 200}
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_preset_passes_the_config_check_and_never_picks_weights_on_the_test_set(preset: str) -> None:
+    from cifarbench.validate import check_overrides
+
+    cfg = check_overrides([f"experiment={preset}"])
+    if cfg.data.val_size == 0:  # validated on the test set, as the report did: its final weights are tested
+        assert cfg.test_weights == "last" and not cfg.early_stopping.enabled

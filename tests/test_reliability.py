@@ -44,6 +44,14 @@ BAD_CONFIGS = [
     (["tta=mirror"], "tta='mirror' is not allowed: tta must be one of none, flip, flip_translate"),
     (["augmentation=translate", "augmentation.flip=sometimes"], "augmentation.flip='sometimes' is not allowed"),
     (["lookahead_every=0"], "lookahead_every=0 is not allowed: lookahead_every must be null or an integer >= 1"),
+    (["+epochz=5"], "+epochz=5: epochz is not a key of the config (the nearest known key is epochs)"),
+    (["++label_smoothin=0.1"], "label_smoothin is not a key of the config (the nearest known key is label_smoothing)"),
+    (["+optimizer.amsgrd=true"], "optimizer.amsgrd is not a key of the config (the nearest known key is optimizer.ams"),
+    (["-m", "model.dropout=0.3,abc"], "sweep job model.dropout=abc: model.dropout='abc' is not allowed"),
+    (["-m", "epochs=1,2", "batch_size=64,0"], "sweep job epochs=1 batch_size=0: batch_size=0 is not allowed"),
+    (["data.val_size=0"], "test_weights=best is refused: with data.val_size=0 the validation set is the test set"),
+    (["data.val_size=0", "test_weights=last", "early_stopping.enabled=true"], "early_stopping.enabled=true is refused"),
+    (["data.val_size=0", "test_weights=last", "scheduler=plateau"], "scheduler=plateau is refused"),
 ]
 
 
@@ -56,6 +64,19 @@ def test_bad_config_is_one_line_and_status_2(tmp_path: Path, overrides: list[str
     assert message in lines[0]
     assert lines[0].startswith("cifarbench: error: ")
     assert not (tmp_path / "outputs").exists()  # no half-written run directory
+
+
+def test_the_refusal_of_test_selected_weights_names_both_ways_out(tmp_path: Path) -> None:
+    result = cli("train", "data.val_size=0", cwd=tmp_path, check=False)
+    assert "use test_weights=last (the final weights), or set data.val_size=N" in result.stderr
+
+
+def test_keys_that_a_target_accepts_may_be_added_and_searches_pass_the_check() -> None:
+    from cifarbench.validate import check_overrides
+
+    check_overrides(["+optimizer.amsgrad=true", "++scheduler.interval=epoch", "++epochs=2"])
+    check_overrides(["-m", "model.dropout=interval(0,0.6)", "optimizer.lr=tag(log,interval(1e-4,1e-2))",
+                     "batch_size=choice(64,128)"])  # fmt: skip
 
 
 @pytest.mark.parametrize(

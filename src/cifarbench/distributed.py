@@ -51,12 +51,13 @@ def init(device_name: str) -> tuple[World, torch.device | None]:
     if not world.enabled:
         return world, None
     use_cuda = torch.cuda.is_available() and device_name in ("auto", "cuda")
+    if use_cuda:
+        # Before the process group: NCCL binds each rank's communicator to the current device, and
+        # without this every rank would open a context on GPU 0.
+        torch.cuda.set_device(world.local_rank)
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    if use_cuda:
-        torch.cuda.set_device(world.local_rank)
-        return world, torch.device("cuda", world.local_rank)
-    return world, torch.device("cpu")
+    return world, torch.device("cuda", world.local_rank) if use_cuda else torch.device("cpu")
 
 
 def shutdown() -> None:
@@ -95,3 +96,20 @@ def gather_objects(obj: object, world: World) -> list:
     gathered: list = [None] * world.size
     dist.all_gather_object(gathered, obj)
     return gathered
+
+
+def broadcast_from_main(tensors: list[torch.Tensor], world: World) -> None:
+    """Rank 0's values into the same tensors on every rank (in place)."""
+    if world.enabled:
+        for tensor in tensors:
+            dist.broadcast(tensor, src=0)
+
+
+def main_rank_numbers(numbers: list[float], device: torch.device, world: World) -> list[float]:
+    """Rank 0's numbers on every rank: decisions taken from them (schedule, best epoch, early stop)
+    are then the same everywhere, even where float summation order differs between ranks."""
+    if not world.enabled:
+        return numbers
+    values = torch.tensor(numbers, dtype=torch.float64, device=device)
+    dist.broadcast(values, src=0)
+    return values.tolist()

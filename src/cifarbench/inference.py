@@ -16,13 +16,12 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 from torch import nn
-from torch.optim.swa_utils import AveragedModel
 
-from cifarbench.checkpoint import load_checkpoint
 from cifarbench.data import CLASSES, Normalize, load_cifar10, make_splits
 from cifarbench.errors import UserError
 from cifarbench.models import build_model
 from cifarbench.runtime import select_device, select_precision
+from cifarbench.state import load_checkpoint, weights_to_test
 
 
 @dataclass
@@ -30,55 +29,55 @@ class LoadedRun:
     model: nn.Module
     config: dict
     checkpoint: Path
+    which: str  # best | last
 
 
 def load_trained(run_dir: Path, which: str = "auto", device: torch.device | None = None) -> LoadedRun:
-    """The weights the run tested with (`auto`: best or last, as its `test_weights` says)."""
+    """The weights the run tested with (`auto`: as its `test_weights` says), or its `best` or `last`
+    ones, all read from last.pt by state.weights_to_test, the function the final test used."""
     if not run_dir.is_dir():
         raise UserError(f"{run_dir} is not a directory; expected a run directory with checkpoints/")
-    if which == "auto":
-        metrics_file = run_dir / "metrics.json"
-        metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
-        which = metrics.get("test_weights", "best")
-    if which not in ("best", "last"):
+    if which not in ("auto", "best", "last"):
         raise UserError(f"--checkpoint {which!r} is not known; choose best, last or auto")
-    path = run_dir / "checkpoints" / f"{which}.pt"
-    state = load_checkpoint(path)
-    config = state["config"]
-    model = build_model(OmegaConf.create(config["model"]))
+    path = run_dir / "checkpoints" / "last.pt"
+    checkpoint = load_checkpoint(path)
+    config = checkpoint["config"]
+    if which == "auto":
+        which = config.get("test_weights", "best")
+    model_cfg = OmegaConf.create(config["model"])
+    if "weights" in model_cfg:
+        model_cfg.weights = "none"  # every weight comes from the checkpoint: nothing to download
+    model = build_model(model_cfg)
     try:
-        if state.get("ema") is not None:  # the run evaluated its weight average
-            averaged = AveragedModel(model, use_buffers=True)
-            averaged.load_state_dict(state["ema"])
-            model = averaged.module
-        else:
-            model.load_state_dict(state["model"])
+        model.load_state_dict(weights_to_test(checkpoint, which))
     except RuntimeError as exc:
         raise UserError(f"checkpoint {path} does not fit the model in its own config: {str(exc)[:200]}") from None
     device = device or select_device("auto")
     model = model.to(device).eval()
     if config.get("channels_last"):
         model = model.to(memory_format=torch.channels_last)
-    return LoadedRun(model, config, path)
+    return LoadedRun(model, config, path, which)
 
 
 def evaluate_run(run_dir: Path, which: str = "auto") -> dict:
     """Re-evaluates the run's test set exactly as at the end of training (same split, precision,
-    batch size); returns {"loss", "accuracy", "error"} and the metrics.json values to compare."""
+    batch size and test-time augmentation); returns {"loss", "accuracy", "error"} and the
+    metrics.json values to compare."""
     from cifarbench.train import evaluate
 
     loaded = load_trained(run_dir, which)
     cfg = OmegaConf.create(loaded.config)
     device = next(loaded.model.parameters()).device
     precision = select_precision(cfg.precision, device)
-    splits = make_splits(load_cifar10(cfg.data), cfg.data.val_size, cfg.data.train_subset, cfg.data.test_subset,
-                         cfg.seed, device)  # fmt: skip
+    splits = make_splits(
+        load_cifar10(cfg.data), cfg.data.val_size, cfg.data.train_subset, cfg.data.test_subset, cfg.seed, device
+    )
     normalize = Normalize(cfg.data.normalization, device, cfg.channels_last)
-    result = evaluate(loaded.model, splits.test, normalize, precision, cfg.eval_batch_size)
+    result = evaluate(loaded.model, splits.test, normalize, precision, cfg.eval_batch_size, cfg.tta)
     metrics_file = run_dir / "metrics.json"
     recorded = json.loads(metrics_file.read_text()).get("test", {}) if metrics_file.is_file() else {}
     return {
-        "checkpoint": str(loaded.checkpoint),
+        "checkpoint": f"{loaded.checkpoint} ({loaded.which} weights, tta {cfg.tta})",
         "test": {"loss": result.loss, "accuracy": result.accuracy, "error": 100.0 - result.accuracy},
         "recorded": {k: recorded.get(k) for k in ("loss", "accuracy", "error")},
     }

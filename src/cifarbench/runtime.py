@@ -58,9 +58,13 @@ class Precision:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device_type, dtype=self.dtype)
 
+    @property
+    def needs_grad_scaler(self) -> bool:
+        """fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none."""
+        return self.name == "fp16"
+
     def grad_scaler(self) -> torch.amp.GradScaler:
-        # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
-        return torch.amp.GradScaler(self.device_type, enabled=self.name == "fp16")
+        return torch.amp.GradScaler(self.device_type, enabled=self.needs_grad_scaler)
 
 
 def select_precision(name: str, device: torch.device) -> Precision:
@@ -68,7 +72,7 @@ def select_precision(name: str, device: torch.device) -> Precision:
         raise UserError(f"precision={name!r} is not known; choose one of {', '.join(PRECISIONS)}")
     if name == "auto":
         if device.type == "cuda":
-            name = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+            name = "bf16" if cuda_has_native_bf16(device) else "fp16"
         elif device.type == "cpu":
             name = "bf16" if cpu_bf16_units() else "fp32"
         else:
@@ -76,6 +80,25 @@ def select_precision(name: str, device: torch.device) -> Precision:
     if name == "fp16" and device.type == "cpu":
         raise UserError("precision=fp16 is for GPUs; on the CPU use precision=bf16 or fp32")
     return Precision(name, device.type)
+
+
+def cuda_has_native_bf16(device: torch.device) -> bool:
+    """bf16 math units exist from compute capability 8.0 (A100, RTX 30xx) on. On a V100 or T4 (the
+    free Colab GPU) torch.cuda.is_bf16_supported() is still True, because bf16 is emulated there,
+    slower than fp32; those GPUs get fp16 with a grad scaler instead."""
+    return torch.cuda.is_bf16_supported() and torch.cuda.get_device_capability(device)[0] >= 8
+
+
+def configure_backends(device: torch.device, deterministic: bool) -> None:
+    """On CUDA: cuDNN picks the fastest convolution algorithm for each input shape (it benchmarks
+    them once; not with `deterministic`, since the pick may change between runs), and fp32 matrix
+    products and convolutions use TF32 tensor cores (10-bit mantissa inputs, fp32 accumulation),
+    as for every fp32 op under autocast. Elsewhere nothing changes."""
+    if device.type != "cuda":
+        return
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
 
 
 def cpu_name() -> str:

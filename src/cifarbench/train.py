@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import os
@@ -27,17 +26,17 @@ from tqdm.auto import tqdm
 
 from cifarbench import artifacts, distributed
 from cifarbench.augmentation import Augmentation, BatchMix, tta_views
-from cifarbench.checkpoint import load_checkpoint, save_checkpoint
 from cifarbench.config import instantiate
-from cifarbench.data import CLASSES, Normalize, Split, load_cifar10, make_splits
+from cifarbench.data import CLASSES, DataSplits, Normalize, Split, load_cifar10, make_splits
 from cifarbench.distributed import SINGLE_PROCESS, World, all_reduce_sum, any_rank
 from cifarbench.errors import Diverged, Interrupted, TrainingStopped, UserError
 from cifarbench.interrupt import StopRequest
 from cifarbench.loggers import NoLogger
 from cifarbench.models import build_model, count_parameters
 from cifarbench.optimizers import Lookahead, build_optimizer
-from cifarbench.runtime import Precision, select_device, select_precision, versions
+from cifarbench.runtime import Precision, configure_backends, select_device, select_precision, versions
 from cifarbench.schedulers import Schedule, build_schedule
+from cifarbench.state import Generators, TrainingState, weights_to_test
 from cifarbench.stopping import BestTracker
 
 log = logging.getLogger("cifarbench")
@@ -179,177 +178,39 @@ def fit(cfg: DictConfig, run_dir: Path, resume: dict | None = None) -> dict:
     """Train `cfg` and write its run directory; returns metrics.json's content.
 
     `resume` is a last.pt checkpoint of this run: training continues after its epoch with every
-    state restored (weights, optimizer, schedule, scaler, EMA, tracker, random generators).
+    state restored (see state.TrainingState).
     """
     started = datetime.now()
-    torch.manual_seed(cfg.seed)  # model initialisation, and the global draws of mixup/policies
-    if cfg.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to be deterministic
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
-    world, rank_device = distributed.init(cfg.device)  # one process unless launched by torchrun
-    device = rank_device or select_device(cfg.device)
-    precision = select_precision(cfg.precision, device)
-    if not world.is_main:
-        log.setLevel(logging.WARNING)  # one voice: rank 0 logs and writes the run directory
-    distributed.local_batch_size(cfg.batch_size, world)  # refuses a global batch that does not divide
-
-    splits = make_splits(
-        load_cifar10(cfg.data),
-        cfg.data.val_size,
-        cfg.data.train_subset,
-        cfg.data.test_subset,
-        cfg.seed,
-        device,
-    )
+    world, device, precision = set_up_runtime(cfg)
+    splits = load_splits(cfg, device)
     normalize = Normalize(cfg.data.normalization, device, cfg.channels_last)
-    shuffle = torch.Generator().manual_seed(cfg.seed)  # the same order on every rank
-    augment = torch.Generator(device=device).manual_seed(cfg.seed + world.rank)  # each rank's own draws
-    log.info(
-        "data: %d train, %d val%s, %d test | device %s x %d, precision %s",
-        len(splits.train),
-        len(splits.val),
-        " (= test set)" if splits.val_is_test else "",
-        len(splits.test),
-        device,
-        world.size,
-        precision.name,
-    )
-
-    model = build_model(cfg.model)
-    if hasattr(model, "init_from_data"):  # data-dependent initialisation, e.g. `fast`'s whitening filters
-        sample = torch.randperm(len(splits.train), generator=torch.Generator().manual_seed(cfg.seed))[:5000]
-        model.init_from_data(normalize(splits.train.images[sample.to(device)]))
-    model, forward = place_model(model, cfg, device, world)
-    total_params, trainable_params = count_parameters(model)
-    optimizer = build_optimizer(cfg.optimizer, model)
-    steps_per_epoch = len(batch_indices(len(splits.train), cfg.batch_size, shuffle.clone_state()))
-    step = Step(
-        model=forward,
-        optimizer=optimizer,
-        schedule=build_schedule(cfg.scheduler, optimizer, cfg.epochs, steps_per_epoch),
-        scaler=precision.grad_scaler(),
-        precision=precision,
-        augment=instantiate(cfg.augmentation),
-        normalize=normalize,
-        batch_mix=BatchMix(cfg.mixup_alpha, cfg.cutmix_alpha, len(CLASSES)),
-        label_smoothing=cfg.label_smoothing,
-        grad_clip=cfg.grad_clip,
-        ema=AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
-        if cfg.ema_decay
-        else None,
-        lookahead=Lookahead(model, cfg.lookahead_every, cfg.lookahead_decay, cfg.epochs * steps_per_epoch)
-        if cfg.lookahead_every
-        else None,
-    )
-    evaluated = step.ema.module if step.ema is not None else model  # EMA on: its weights are the result
-    tracker = BestTracker(
-        cfg.monitor,
-        cfg.early_stopping.min_delta,
-        cfg.early_stopping.patience if cfg.early_stopping.enabled else None,
-    )
-    log.info("model: %s, %.2fM parameters (%.2fM trainable)", type(model).__name__, total_params / 1e6,
-             trainable_params / 1e6)  # fmt: skip
-
-    config = OmegaConf.to_container(cfg, resolve=True)
-    history: list[dict] = []
-    best_state, stop_reason = None, None
+    model, forward = build_network(cfg, splits, normalize, device, world)
+    state, step = build_training(cfg, model, forward, splits, normalize, precision, device, world)
     if resume is not None:
-        history, best_state = restore(resume, step, tracker, shuffle, augment, run_dir, world)
-        log.info("resumed %s after epoch %d", run_dir, len(history))
-    logger = instantiate(cfg.logger)(run_dir=run_dir, config=config) if world.is_main else NoLogger(run_dir, config)
+        restore(state, resume, run_dir)
+    logger = instantiate(cfg.logger)(run_dir=run_dir, config=state.config) if world.is_main else NoLogger(run_dir, {})
 
-    def checkpoint(epoch: int) -> dict:
-        return {
-            "model": model.state_dict(),
-            "ema": step.ema.state_dict() if step.ema is not None else None,
-            "lookahead": step.lookahead.state_dict() if step.lookahead is not None else None,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": step.schedule.state_dict(),
-            "scaler": step.scaler.state_dict(),
-            "tracker": tracker.state_dict(),
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "shuffle": shuffle.get_state(),
-                "augment": distributed.gather_objects(augment.get_state(), world),  # one per rank
-            },
-            "epoch": epoch,
-            "config": config,
-            "history": history,
-        }
+    stop_reason = run_epochs(cfg, state, step, splits, run_dir, world, logger)
 
-    epochs_bar = tqdm(range(len(history) + 1, cfg.epochs + 1), desc="epochs", disable=not cfg.progress)
-    with StopRequest() as stop:
-        for epoch in epochs_bar:
-            lr = optimizer.param_groups[0]["lr"]
-            tic = time.perf_counter()
-            try:
-                train_loss, train_acc = train_one_epoch(
-                    step, splits.train, cfg.batch_size, shuffle, augment, cfg.progress, stop, world, epoch
-                )
-            except TrainingStopped as stopped:
-                stopped.args = (f"epoch {epoch}: {stopped}",)
-                if world.is_main:
-                    record_stop(run_dir, stopped, history)
-                raise
-            train_seconds = time.perf_counter() - tic
-            val = evaluate(evaluated, splits.val, normalize, precision, cfg.eval_batch_size)
-            step.schedule.after_epoch(val.loss)
-            seconds = time.perf_counter() - tic
-            history.append({"epoch": epoch, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
-                            "val_loss": val.loss, "val_acc": val.accuracy, "train_seconds": train_seconds,
-                            "seconds": seconds})  # fmt: skip
-            log.info("epoch %d/%d  lr %.3g  train loss %.4f acc %.2f%%  val loss %.4f acc %.2f%%  %.1fs", epoch,
-                     cfg.epochs, lr, train_loss, train_acc, val.loss, val.accuracy, seconds)  # fmt: skip
-            epochs_bar.set_postfix(val_acc=f"{val.accuracy:.2f}")
-            logger.log_epoch(history[-1])
-
-            improved = tracker.update(epoch, val.loss if cfg.monitor == "val_loss" else val.accuracy)
-            if improved:
-                best_state = copy.deepcopy(evaluated.state_dict())
-            state = checkpoint(epoch)  # a collective with several ranks: every rank takes part
-            if world.is_main:
-                if improved:
-                    save_checkpoint(run_dir / "checkpoints" / "best.pt", state)
-                save_checkpoint(run_dir / "checkpoints" / "last.pt", state)
-                artifacts.write_history(run_dir, history)
-            if tracker.should_stop:
-                stop_reason = f"early stopping at epoch {epoch}: {tracker.reason()}"
-                log.info(stop_reason)
-                break
-
-    if step.lookahead is not None:
-        step.lookahead.finish()  # a no-op after the last step; after early stopping it matters
-    if cfg.test_weights == "best" and best_state is not None:
-        evaluated.load_state_dict(best_state)  # also "restores the best weights" after early stopping
-    test = evaluate(evaluated, splits.test, normalize, precision, cfg.eval_batch_size, cfg.tta)
-    test_epoch = tracker.best_epoch if cfg.test_weights == "best" else len(history)
-    log.info("test (%s weights, epoch %d, tta %s): loss %.4f acc %.2f%%", cfg.test_weights, test_epoch, cfg.tta,
-             test.loss, test.accuracy)  # fmt: skip
-    without_tta = None
-    if cfg.tta != "none":  # what the augmentation at test time adds, measured on the same weights
-        plain = evaluate(evaluated, splits.test, normalize, precision, cfg.eval_batch_size)
-        without_tta = {"loss": plain.loss, "accuracy": plain.accuracy}
-        log.info("test without tta: loss %.4f acc %.2f%%", plain.loss, plain.accuracy)
-
+    tested = final_test(cfg, state, step, splits)
     metrics = artifacts.run_metrics(
-        history=history,
-        test=test,
+        history=state.history,
+        test=tested.result,
         classes=CLASSES,
         extra={
             "status": "completed",
             "stopped_early": stop_reason,
             "monitor": cfg.monitor,
-            "best_epoch": tracker.best_epoch,
+            "best_epoch": state.tracker.best_epoch,
             "test_weights": cfg.test_weights,
-            "test_weights_epoch": test_epoch,
+            "test_weights_epoch": tested.epoch,
             "ema": bool(cfg.ema_decay),
             "lookahead": bool(cfg.lookahead_every),
             "tta": cfg.tta,
-            "test_without_tta": without_tta,
+            "test_without_tta": tested.without_tta,
             "val_is_test": splits.val_is_test,
             "data_sizes": {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)},
-            "params": {"total": total_params, "trainable": trainable_params},
+            "params": dict(zip(("total", "trainable"), count_parameters(model), strict=True)),
             "device": str(device),
             "precision": precision.name,
             "channels_last": bool(cfg.channels_last),
@@ -363,9 +224,205 @@ def fit(cfg: DictConfig, run_dir: Path, resume: dict | None = None) -> dict:
         },
     )
     if world.is_main:
-        artifacts.write_run(run_dir, metrics, test, splits.test.images.cpu(), CLASSES, history)
+        artifacts.write_run(run_dir, metrics, tested.result, splits.test.images.cpu(), CLASSES, state.history)
         logger.finish(metrics)
     return metrics
+
+
+def set_up_runtime(cfg: DictConfig) -> tuple[World, torch.device, Precision]:
+    """Seed, determinism, process group, device, precision and the device's backend flags."""
+    torch.manual_seed(cfg.seed)  # model initialisation, and the global draws of dropout and mixup
+    if cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to be deterministic
+        torch.use_deterministic_algorithms(True)
+    world, rank_device = distributed.init(cfg.device)  # one process unless launched by torchrun
+    device = rank_device or select_device(cfg.device)
+    configure_backends(device, cfg.deterministic)
+    precision = select_precision(cfg.precision, device)
+    if not world.is_main:
+        log.setLevel(logging.WARNING)  # one voice: rank 0 logs and writes the run directory
+    distributed.local_batch_size(cfg.batch_size, world)  # refuses a global batch that does not divide
+    log.info("device %s x %d, precision %s", device, world.size, precision.name)
+    return world, device, precision
+
+
+def load_splits(cfg: DictConfig, device: torch.device) -> DataSplits:
+    splits = make_splits(
+        load_cifar10(cfg.data), cfg.data.val_size, cfg.data.train_subset, cfg.data.test_subset, cfg.seed, device
+    )
+    log.info(
+        "data: %d train, %d val%s, %d test",
+        len(splits.train),
+        len(splits.val),
+        " (= test set)" if splits.val_is_test else "",
+        len(splits.test),
+    )
+    return splits
+
+
+def build_network(
+    cfg: DictConfig, splits: DataSplits, normalize: Normalize, device: torch.device, world: World
+) -> tuple[nn.Module, nn.Module]:
+    """(model, forward): see place_model."""
+    model = build_model(cfg.model)
+    if hasattr(model, "init_from_data"):  # data-dependent initialisation, e.g. `fast`'s whitening filters
+        sample = torch.randperm(len(splits.train), generator=torch.Generator().manual_seed(cfg.seed))[:5000]
+        model.init_from_data(normalize(splits.train.images[sample.to(device)]))
+    model, forward = place_model(model, cfg, device, world)
+    total, trainable = count_parameters(model)
+    log.info("model: %s, %.2fM parameters (%.2fM trainable)", type(model).__name__, total / 1e6, trainable / 1e6)
+    return model, forward
+
+
+def build_training(
+    cfg: DictConfig,
+    model: nn.Module,
+    forward: nn.Module,
+    splits: DataSplits,
+    normalize: Normalize,
+    precision: Precision,
+    device: torch.device,
+    world: World,
+) -> tuple[TrainingState, Step]:
+    """The training state (what a checkpoint holds) and the step kit that drives it."""
+    generators = Generators(cfg.seed, device, world)
+    optimizer = build_optimizer(cfg.optimizer, model)
+    steps_per_epoch = len(batch_indices(len(splits.train), cfg.batch_size, torch.Generator()))
+    ema = None
+    if cfg.ema_decay:
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+    lookahead = None
+    if cfg.lookahead_every:
+        lookahead = Lookahead(model, cfg.lookahead_every, cfg.lookahead_decay, cfg.epochs * steps_per_epoch)
+    state = TrainingState(
+        model=model,
+        optimizer=optimizer,
+        schedule=build_schedule(cfg.scheduler, optimizer, cfg.epochs, steps_per_epoch),
+        scaler=precision.grad_scaler(),
+        tracker=BestTracker(
+            cfg.monitor,
+            cfg.early_stopping.min_delta,
+            cfg.early_stopping.patience if cfg.early_stopping.enabled else None,
+        ),
+        generators=generators,
+        config=OmegaConf.to_container(cfg, resolve=True),
+        ema=ema,
+        lookahead=lookahead,
+    )
+    step = Step(
+        model=forward,
+        optimizer=optimizer,
+        schedule=state.schedule,
+        scaler=state.scaler,
+        precision=precision,
+        augment=instantiate(cfg.augmentation),
+        normalize=normalize,
+        batch_mix=BatchMix(cfg.mixup_alpha, cfg.cutmix_alpha, len(CLASSES)),
+        label_smoothing=cfg.label_smoothing,
+        grad_clip=cfg.grad_clip,
+        ema=ema,
+        lookahead=lookahead,
+    )
+    return state, step
+
+
+def run_epochs(
+    cfg: DictConfig, state: TrainingState, step: Step, splits: DataSplits, run_dir: Path, world: World, logger
+) -> str | None:
+    """Train, validate and checkpoint each remaining epoch; returns why training stopped early, if it did.
+
+    Every rank validates the same weights (state.sync_ranks) and takes rank 0's numbers, so the
+    schedule, the best epoch and early stopping decide alike on all of them."""
+    device = splits.train.labels.device
+    epochs_bar = tqdm(range(state.epoch + 1, cfg.epochs + 1), desc="epochs", disable=not cfg.progress)
+    with StopRequest() as stop:
+        for epoch in epochs_bar:
+            lr = step.optimizer.param_groups[0]["lr"]
+            tic = time.perf_counter()
+            try:
+                train_loss, train_acc = train_one_epoch(
+                    step,
+                    splits.train,
+                    cfg.batch_size,
+                    state.generators.shuffle,
+                    state.generators.augment,
+                    cfg.progress,
+                    stop,
+                    world,
+                    epoch,
+                )
+            except TrainingStopped as stopped:
+                stopped.args = (f"epoch {epoch}: {stopped}",)
+                if world.is_main:
+                    record_stop(run_dir, stopped, state.history)
+                raise
+            train_seconds = time.perf_counter() - tic
+            state.sync_ranks(world)
+            val = evaluate(state.evaluated, splits.val, step.normalize, step.precision, cfg.eval_batch_size)
+            val_loss, val_acc = distributed.main_rank_numbers([val.loss, val.accuracy], device, world)
+            step.schedule.after_epoch(val_loss)
+            row = {
+                "epoch": epoch,
+                "lr": lr,
+                "train_loss": train_loss,
+                "train_acc": train_acc,
+                "val_loss": val_loss,
+                "val_acc": val_acc,
+                "train_seconds": train_seconds,
+                "seconds": time.perf_counter() - tic,
+            }
+            state.end_epoch(row, val_loss if cfg.monitor == "val_loss" else val_acc)
+            log.info(
+                "epoch %d/%d  lr %.3g  train loss %.4f acc %.2f%%  val loss %.4f acc %.2f%%  %.1fs",
+                epoch,
+                cfg.epochs,
+                lr,
+                train_loss,
+                train_acc,
+                val_loss,
+                val_acc,
+                row["seconds"],
+            )
+            epochs_bar.set_postfix(val_acc=f"{val_acc:.2f}")
+            logger.log_epoch(row)
+            state.save(run_dir, world)  # a collective with several ranks: every rank takes part
+            if world.is_main:
+                artifacts.write_history(run_dir, state.history)
+            if state.tracker.should_stop:
+                reason = f"early stopping at epoch {epoch}: {state.tracker.reason()}"
+                log.info(reason)
+                return reason
+    return None
+
+
+@dataclass
+class FinalTest:
+    result: EvalResult
+    epoch: int  # the epoch whose weights were tested
+    without_tta: dict | None  # the same weights without test-time augmentation
+
+
+def final_test(cfg: DictConfig, state: TrainingState, step: Step, splits: DataSplits) -> FinalTest:
+    """The test set, read once: the weights `test_weights` names (state.weights_to_test), with `tta`."""
+    if state.lookahead is not None:
+        state.lookahead.finish()  # a no-op after the last step; after early stopping it matters
+    state.evaluated.load_state_dict(weights_to_test(state.weights(), cfg.test_weights))
+    epoch = state.tracker.best_epoch if cfg.test_weights == "best" else state.epoch
+    test = evaluate(state.evaluated, splits.test, step.normalize, step.precision, cfg.eval_batch_size, cfg.tta)
+    log.info(
+        "test (%s weights, epoch %d, tta %s): loss %.4f acc %.2f%%",
+        cfg.test_weights,
+        epoch,
+        cfg.tta,
+        test.loss,
+        test.accuracy,
+    )
+    without_tta = None
+    if cfg.tta != "none":  # what the augmentation at test time adds, measured on the same weights
+        plain = evaluate(state.evaluated, splits.test, step.normalize, step.precision, cfg.eval_batch_size)
+        without_tta = {"loss": plain.loss, "accuracy": plain.accuracy}
+        log.info("test without tta: loss %.4f acc %.2f%%", plain.loss, plain.accuracy)
+    return FinalTest(test, epoch, without_tta)
 
 
 def place_model(model: nn.Module, cfg: DictConfig, device: torch.device, world: World) -> tuple[nn.Module, nn.Module]:
@@ -387,41 +444,18 @@ def place_model(model: nn.Module, cfg: DictConfig, device: torch.device, world: 
     return model, forward
 
 
-def restore(
-    state: dict,
-    step: Step,
-    tracker: BestTracker,
-    shuffle: torch.Generator,
-    augment: torch.Generator,
-    run_dir: Path,
-    world: World,
-) -> tuple[list[dict], dict | None]:
-    """Puts a last.pt checkpoint back; returns its history and the best weights so far."""
+def restore(state: TrainingState, checkpoint: dict, run_dir: Path) -> None:
+    """Puts last.pt back into `state`; what had to be re-seeded (another device) goes to the log."""
     try:
-        unwrap(step.model).load_state_dict(state["model"])
-        if step.ema is not None:
-            step.ema.load_state_dict(state["ema"])
-        if step.lookahead is not None:
-            step.lookahead.load_state_dict(state["lookahead"])
-        step.optimizer.load_state_dict(state["optimizer"])
-        step.schedule.load_state_dict(state["scheduler"])
-        step.scaler.load_state_dict(state["scaler"])
-        tracker.load_state_dict(state["tracker"])
-        torch.set_rng_state(state["rng"]["torch"])
-        shuffle.set_state(state["rng"]["shuffle"])
-        augment_states = state["rng"]["augment"]
-        if len(augment_states) != world.size:
-            raise ValueError(f"saved by {len(augment_states)} processes, resumed with {world.size}")
-        augment.set_state(augment_states[world.rank])
+        notes = state.load_state_dict(checkpoint)
     except (KeyError, RuntimeError, ValueError, TypeError) as exc:
-        raise UserError(f"checkpoint {run_dir}/checkpoints/last.pt does not fit this run and cannot be resumed "
-                        f"({type(exc).__name__}: {str(exc).splitlines()[0][:150]})") from None  # fmt: skip
-    best_file = run_dir / "checkpoints" / "best.pt"
-    best_state = None
-    if best_file.is_file():
-        best = load_checkpoint(best_file)
-        best_state = best["ema"]["module"] if best.get("ema") else best["model"]
-    return list(state["history"]), best_state
+        raise UserError(
+            f"checkpoint {run_dir}/checkpoints/last.pt does not fit this run and cannot be resumed "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:150]})"
+        ) from None
+    for note in notes:
+        log.warning("resume: %s", note)
+    log.info("resumed %s after epoch %d", run_dir, state.epoch)
 
 
 def unwrap(module: nn.Module) -> nn.Module:

@@ -15,9 +15,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from cifarbench import distributed
 from cifarbench.artifacts import write_json
-from cifarbench.checkpoint import load_checkpoint
 from cifarbench.config import register_resolvers
 from cifarbench.errors import TrainingStopped, UserError
+from cifarbench.state import load_checkpoint
 from cifarbench.train import fit
 from cifarbench.validate import check_config
 
@@ -45,7 +45,8 @@ def train_job(cfg: DictConfig) -> float | None:
     except UserError as exc:
         if in_sweep:  # one bad job must not lose the others: record it, let the sweep go on
             log.error("cifarbench: error: %s", exc)
-            write_json(run_dir / "metrics.json", {"status": "failed", "error": str(exc)})
+            if not cfg.resume:  # a failed resume keeps the run's own record ("interrupted, resume with ...")
+                write_json(run_dir / "metrics.json", {"status": "failed", "error": str(exc)})
             return None
         if not cfg.resume and not (run_dir / "history.csv").exists():
             shutil.rmtree(run_dir, ignore_errors=True)  # nothing trained: leave no run-looking folder
@@ -66,7 +67,8 @@ def train_job(cfg: DictConfig) -> float | None:
             return None  # a diverged job is a result of the sweep; an interrupt stops the sweep
         sys.exit(stopped.exit_code)
     except Exception as exc:
-        write_json(run_dir / "metrics.json", {"status": "failed", "error": f"{type(exc).__name__}: {exc}"})
+        if not cfg.resume:  # as above: the interrupted run's record and checkpoint stay as they were
+            write_json(run_dir / "metrics.json", {"status": "failed", "error": f"{type(exc).__name__}: {exc}"})
         if in_sweep:
             log.exception("job failed")
             return None

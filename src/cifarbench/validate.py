@@ -3,13 +3,18 @@ out-of-range values end as one line naming the key, the value and what is allowe
 
 from __future__ import annotations
 
+import difflib
+import inspect
+import itertools
+import math
 from collections.abc import Callable
 from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import Glob
+from hydra.core.override_parser.types import Glob, IntervalSweep, Override
 from hydra.errors import HydraException
+from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -85,26 +90,68 @@ def check_config(cfg: DictConfig) -> None:
             continue
         if not test(value):
             raise UserError(f"{key}={value!r} is not allowed: {key} must be {allowed}")
+    check_test_set_is_read_once(cfg)
 
 
-def _first_of_each_sweep(overrides: list[str]) -> list[str]:
-    """A sweep's first job stands for all of them: `a=1,2` -> `a=1`, `model=glob(r00*)` -> one match."""
+def check_test_set_is_read_once(cfg: DictConfig) -> None:
+    """With data.val_size=0 the validation set is the test set (as the reports did): then nothing
+    may be decided on validation numbers, or the reported test figure is chosen on itself."""
+    if OmegaConf.select(cfg, "data.val_size") != 0:
+        return
+    why = "with data.val_size=0 the validation set is the test set, so"
+    instead = "or set data.val_size=N (e.g. 5000) to validate on N held-out training images"
+    if cfg.test_weights == "best":
+        raise UserError(
+            f"test_weights=best is refused: {why} the tested epoch would be picked by test accuracy; "
+            f"use test_weights=last (the final weights), {instead}"
+        )
+    if cfg.early_stopping.enabled:
+        raise UserError(
+            f"early_stopping.enabled=true is refused: {why} training would stop on test numbers; "
+            f"use early_stopping.enabled=false, {instead}"
+        )
+    if str(OmegaConf.select(cfg, "scheduler._target_")).endswith("ReduceLROnPlateau"):
+        raise UserError(
+            f"scheduler=plateau is refused: {why} the learning rate would follow the test loss; "
+            f"choose another scheduler, {instead}"
+        )
+
+
+MAX_JOBS_CHECKED_TOGETHER = 256  # larger grids: each value is checked with the others' first values
+
+
+def _values(override: Override) -> list[str]:
+    """The values a sweep override stands for, as override strings: `a=1,2` -> ["1", "2"], a glob ->
+    the group options it matches. An Optuna-style `interval(lo, hi)` (maybe inside `tag(...)`) is
+    searched, not enumerated: its midpoint stands for it."""
+    if not override.is_sweep_override():
+        return [override.input_line.split("=", 1)[1]]
+    value = override._value
+    if isinstance(value, Glob):  # hydra resolves globs against the group's options
+        group = override.key_or_group
+        matches = value.filter(group_options(group))
+        if not matches:
+            raise UserError(f"{override.input_line}: the glob matches no option of {group}")
+        return matches
+    if isinstance(value, IntervalSweep):
+        middle = (value.start + value.end) / 2
+        both_int = isinstance(value.start, int) and isinstance(value.end, int)
+        return [str(round(middle) if both_int else middle)]
+    return list(override.sweep_string_iterator())
+
+
+def every_job(overrides: list[str]) -> list[list[str]]:
+    """The override list of every job a sweep will run (one list without a sweep), so that every
+    value is checked before the first job starts."""
     parsed = OverridesParser.create().parse_overrides(overrides)
-    single = []
-    for override in parsed:
-        if override.is_sweep_override():
-            if isinstance(override._value, Glob):  # hydra resolves globs against the group's options
-                group = override.key_or_group
-                matches = override._value.filter(group_options(group))
-                if not matches:
-                    raise UserError(f"{override.input_line}: the glob matches no option of {group}")
-                value = matches[0]
-            else:
-                value = next(iter(override.sweep_string_iterator()))
-            single.append(f"{override.get_key_element()}={value}")
-        else:
-            single.append(override.input_line)
-    return single
+    keys = [override.input_line.split("=", 1)[0] for override in parsed]
+    values = [_values(override) for override in parsed]
+    if math.prod(len(v) for v in values) <= MAX_JOBS_CHECKED_TOGETHER:
+        combinations = itertools.product(*values)
+    else:
+        first = [v[0] for v in values]
+        combinations = [[*first[:i], value, *first[i + 1 :]] for i, vs in enumerate(values) for value in vs]
+    return [[f"{key}={value}" for key, value in zip(keys, combo, strict=True)] for combo in combinations]
 
 
 def _check_group_choices(overrides: list[str]) -> None:
@@ -136,28 +183,92 @@ def check_launcher(overrides: list[str]) -> None:
                 importlib.import_module(LAUNCHERS[name][0])
             except ImportError:
                 extra = LAUNCHERS[name][1]
-                raise UserError(f"hydra/launcher={name} needs the optional '{extra}' extra, which is not installed: "
-                                f"pip install 'cifarbench[{extra}]'") from None  # fmt: skip
+                raise UserError(
+                    f"hydra/launcher={name} needs the optional '{extra}' extra, which is not installed: "
+                    f"pip install 'cifarbench[{extra}]'"
+                ) from None
 
 
 def check_overrides(overrides: list[str]) -> DictConfig:
-    """Composes the config the overrides ask for (a sweep's first job) and checks it, before Hydra
-    creates any run directory. Returns the composed config."""
+    """Composes the config of every job the overrides ask for and checks it, before Hydra creates
+    any run directory. Returns the first job's config."""
     check_launcher(overrides)
     overrides = [o for o in overrides if o not in ("-m", "--multirun")]
     if any(arg.startswith("-") for arg in overrides):
         return OmegaConf.create()  # Hydra's own modes (--help, --cfg, --info ...) check their own arguments
     plain = [o for o in overrides if not o.startswith(("hydra.", "hydra/", "resume="))]
+    register_resolvers()
+    composed = []
+    jobs = every_job(plain)
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        for job in jobs:
+            try:
+                _check_group_choices(job)
+                cfg = compose("config", overrides=job)
+                check_config(cfg)
+                _check_added_keys(job)
+            except (HydraException, OmegaConfBaseException, UserError) as exc:
+                message = _one_line(exc) if not isinstance(exc, UserError) else str(exc)
+                swept = [o for o, given in zip(job, plain, strict=True) if o != given]
+                raise UserError(f"sweep job {' '.join(swept)}: {message}" if swept else message) from None
+            composed.append(cfg)
+    return composed[0]
+
+
+def _check_added_keys(job: list[str]) -> None:
+    """`+key=v` and `++key=v` may add only what something reads: a key the config has, or an
+    argument of the class or function that the `_target_` beside it builds (e.g.
+    `+optimizer.amsgrad=true`). Anything else is a typo that would run silently."""
+    parsed = OverridesParser.create().parse_overrides(job)
+    added = [o for o in parsed if (o.is_add() or o.is_force_add()) and o.key_or_group not in GROUPS]
+    added = [o for o in added if "/" not in o.key_or_group]
+    if not added:
+        return
+    base = compose("config", overrides=[o.input_line for o in parsed if o not in added])
+    for override in added:
+        key = override.key_or_group
+        if OmegaConf.select(base, key, default="__absent__") != "__absent__":
+            continue
+        parent_key, _, name = key.rpartition(".")
+        parent = OmegaConf.select(base, parent_key) if parent_key else base
+        if isinstance(parent, DictConfig) and _target_accepts(parent.get("_target_"), name):
+            continue
+        known = _dotted_keys(base)
+        if isinstance(parent, DictConfig):
+            known += [f"{parent_key}.{p}" if parent_key else p for p in _target_parameters(parent.get("_target_"))]
+        nearest = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
+        hint = f"the nearest known key is {nearest[0]}" if nearest else "see cifarbench train --help"
+        raise UserError(
+            f"{override.input_line}: {key} is not a key of the config ({hint}); + and ++ may add only "
+            "keys that a `_target_` class or function in the config accepts"
+        )
+
+
+def _target_parameters(target: str | None) -> list[str]:
+    """The keyword arguments that `_target_` takes ("**" when it takes any)."""
+    if not target:
+        return []
     try:
-        single = _first_of_each_sweep(plain)
-        _check_group_choices(single)
-        register_resolvers()
-        with initialize_config_dir(str(config_dir()), version_base="1.3"):
-            cfg = compose("config", overrides=single)
-    except (HydraException, OmegaConfBaseException) as exc:
-        raise UserError(_one_line(exc)) from None
-    check_config(cfg)
-    return cfg
+        parameters = inspect.signature(get_object(target)).parameters.values()
+    except (ImportError, ValueError, TypeError):
+        return []
+    return [("**" if p.kind == inspect.Parameter.VAR_KEYWORD else p.name) for p in parameters]
+
+
+def _target_accepts(target: str | None, name: str) -> bool:
+    accepted = _target_parameters(target)
+    return name in accepted or "**" in accepted
+
+
+def _dotted_keys(node: DictConfig, prefix: str = "") -> list[str]:
+    keys = []
+    for key in node:
+        dotted = f"{prefix}{key}"
+        keys.append(dotted)
+        child = node._get_node(key)
+        if isinstance(child, DictConfig):
+            keys += _dotted_keys(child, f"{dotted}.")
+    return keys
 
 
 def _one_line(exc: Exception) -> str:

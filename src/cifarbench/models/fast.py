@@ -11,6 +11,7 @@ is conf/experiment/fast.yaml; every part of it is an option of the general loop.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -30,6 +31,15 @@ def conv3x3(cin: int, cout: int) -> nn.Conv2d:
     with torch.no_grad():
         nn.init.dirac_(conv.weight[: min(cin, cout)])
     return conv
+
+
+class GlobalMaxPool(nn.Module):
+    """The maximum of each channel over the whole map, as nn.AdaptiveMaxPool2d(1) computes it (same
+    values, same gradient routing), but through max_pool2d: AdaptiveMaxPool2d's backward has no
+    deterministic CUDA kernel, so `deterministic=true` on a GPU would fail at the first step."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.max_pool2d(x, kernel_size=x.shape[-2:])
 
 
 class ConvGroup(nn.Sequential):
@@ -74,7 +84,7 @@ class FastNet(nn.Module):
             groups.append(ConvGroup(cin, width, bn_momentum))
             cin = width
         self.features = nn.Sequential(nn.GELU(), *groups)
-        self.pool = nn.AdaptiveMaxPool2d(1)
+        self.pool = GlobalMaxPool()
         self.classifier = nn.Linear(cin, num_classes, bias=False)
         # Scaling the logits down keeps the initial softmax soft without shrinking the init.
         self.logit_scale = logit_scale

@@ -108,7 +108,27 @@ def _load_backbone(arch: str, weights: str) -> nn.Module:
     if arch == "inception_v3":
         net.aux_logits = False
         net.AuxLogits = None
+    if family(arch) == "vgg":
+        net.avgpool = DeterministicAdaptiveAvgPool2d(net.avgpool.output_size)
     return net
+
+
+class DeterministicAdaptiveAvgPool2d(nn.AdaptiveAvgPool2d):
+    """nn.AdaptiveAvgPool2d whose backward is deterministic on CUDA where the sizes allow (torch has
+    no deterministic CUDA kernel for it, so `deterministic=true` fails at the first step): a map that
+    divides into the output is average-pooled by whole windows, one that the output is a multiple of
+    is repeated (VGG's 1x1 map at 32x32 input -> its 7x7 pool). Same values as the adaptive pool."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        size = self.output_size if isinstance(self.output_size, tuple) else (self.output_size,) * 2
+        out_h, out_w = (h if s is None else s for s in size)
+        if h % out_h == 0 and w % out_w == 0:
+            return F.avg_pool2d(x, (h // out_h, w // out_w))
+        if out_h % h == 0 and out_w % w == 0:
+            repeated = x[:, :, :, None, :, None].expand(n, c, h, out_h // h, w, out_w // w)
+            return repeated.reshape(n, c, out_h, out_w)
+        return F.adaptive_avg_pool2d(x, (out_h, out_w))  # uneven windows: only torch's kernel does them
 
 
 def _load_state_dict_file(net: nn.Module, arch: str, path: Path) -> None:
