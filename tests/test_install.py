@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import site
 import subprocess
 import sys
 from pathlib import Path
 
 from conftest import REPO
+
+
+def installed_packages() -> list[str]:
+    """Where the running interpreter finds its packages, whether it runs in a venv, a conda-style
+    prefix or the system Python."""
+    folders = site.getsitepackages() + ([site.getusersitepackages()] if site.ENABLE_USER_SITE else [])
+    return [folder for folder in folders if Path(folder).is_dir()]
 
 
 def test_installed_wheel_finds_its_configs(tmp_path: Path) -> None:
@@ -17,8 +25,18 @@ def test_installed_wheel_finds_its_configs(tmp_path: Path) -> None:
     )
     (wheel,) = wheels.glob("cifarbench-*.whl")
     venv = tmp_path / "venv"
-    # the venv sees the heavy dependencies already installed, but gets its own cifarbench from the wheel
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    # The venv sees the heavy dependencies that the running interpreter has (torch, hydra, ...) but gets
+    # its own cifarbench from the wheel. --system-site-packages would not do: from inside a venv it
+    # exposes the *base* interpreter's packages, not the venv's. A .pth line adds a folder as a plain
+    # path, so the .pth files in it (such as this checkout's editable install) are not run.
+    venv_packages = subprocess.run(
+        [venv / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    (Path(venv_packages) / "outer-environment.pth").write_text("\n".join(installed_packages()) + "\n")
     subprocess.run([venv / "bin" / "pip", "install", "-q", "--no-deps", str(wheel)], check=True)
 
     where = subprocess.run(
