@@ -4,8 +4,9 @@
     python scripts/benchmark.py --models improved --steps 20 --repeats 5 --out bench.json
 
 For each model, the same model, batch size, optimizer and data are trained two ways:
-- cifarbench: uint8 images in memory, per-image flip+crop on the batch, normalisation in one
-  multiply-add, channels_last, `precision=auto` (what `cifarbench train` does);
+- cifarbench: the product's own loader and step (data.Batches, train.TrainingStep): uint8 images
+  in memory, per-image flip+crop on the batch, normalisation in one multiply-add, channels_last,
+  `precision=auto` (what `cifarbench train` runs);
 - reference: the common way - a torchvision-style dataset of PIL images with RandomCrop,
   RandomHorizontalFlip, ToTensor and Normalize, a DataLoader with workers, fp32, NCHW.
 Images per second are measured after warm-up steps, over several repeats; the median is reported.
@@ -35,12 +36,14 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms
 
-from cifarbench.augmentation import FlipCrop
+from cifarbench.augmentation import BatchMix, FlipCrop
 from cifarbench.config import config_dir
-from cifarbench.data import Normalize, load_cifar10
+from cifarbench.data import Batches, Normalize, Split, load_cifar10
 from cifarbench.data.normalize import MEAN_STD
 from cifarbench.models import build_model
 from cifarbench.runtime import cpu_description, select_precision
+from cifarbench.schedulers import Schedule
+from cifarbench.train import TrainingStep
 
 
 class PILCifar(Dataset):
@@ -58,23 +61,52 @@ class PILCifar(Dataset):
 
 def reference_loader(images_hwc, labels, batch_size: int, workers: int) -> DataLoader:
     mean, std = MEAN_STD["cifar10"]
-    transform = transforms.Compose([
-        transforms.RandomCrop(32, padding=4),
-        transforms.RandomHorizontalFlip(),
-        transforms.ToTensor(),
-        transforms.Normalize(mean, std),
-    ])  # fmt: skip
-    return DataLoader(PILCifar(images_hwc, labels, transform), batch_size=batch_size, shuffle=True,
-                      num_workers=workers, persistent_workers=workers > 0, drop_last=True)  # fmt: skip
+    transform = transforms.Compose(
+        [
+            transforms.RandomCrop(32, padding=4),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize(mean, std),
+        ]
+    )
+    return DataLoader(
+        PILCifar(images_hwc, labels, transform),
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        drop_last=True,
+    )
 
 
 def cifarbench_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> Iterator:
-    augment, normalize = FlipCrop(), Normalize("cifar10", images.device, channels_last=True)
-    generator = torch.Generator().manual_seed(0)
-    while True:
-        for idx in torch.randperm(len(labels), generator=generator).split(batch_size):
-            if len(idx) == batch_size:
-                yield normalize(augment(images[idx], generator)), labels[idx]
+    """The product's own loader (data.Batches) with flip+crop, as `cifarbench train` builds it."""
+    normalize = Normalize("cifar10", images.device, channels_last=True)
+    shuffle, draws = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    return forever(Batches(Split(images, labels), batch_size, FlipCrop(), normalize, shuffle, draws))
+
+
+def cifarbench_step(model: torch.nn.Module, batches: Iterator, precision) -> Callable[[], int]:
+    """The product's own training step (train.TrainingStep) on its loader's batches."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    step = TrainingStep(
+        model,
+        optimizer,
+        Schedule(None, "step"),
+        precision.grad_scaler(),
+        precision,
+        BatchMix(),
+        label_smoothing=0.0,
+        grad_clip=None,
+    )
+    model.train()
+
+    def one_step() -> int:
+        inputs, labels = next(batches)
+        step(inputs, labels)
+        return len(labels)
+
+    return one_step
 
 
 def forever(loader: DataLoader) -> Iterator:
@@ -93,7 +125,8 @@ def images_per_second(step: Callable[[], int], warmup: int, steps: int, repeats:
     return rates
 
 
-def train_step_fn(model: torch.nn.Module, batches: Iterator, precision, channels_last: bool) -> Callable[[], int]:
+def reference_step(model: torch.nn.Module, batches: Iterator, precision, channels_last: bool) -> Callable[[], int]:
+    """The common way's training step: plain PyTorch, as a tutorial writes it."""
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     model.train()
 
@@ -154,8 +187,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.images < max(args.batch_size, args.data_batch_size):
         # only whole batches are timed: fewer images than a batch would never yield one
-        parser.error(f"--images {args.images} is smaller than a batch; it must be at least "
-                     f"--batch-size ({args.batch_size}) and --data-batch-size ({args.data_batch_size})")  # fmt: skip
+        parser.error(
+            f"--images {args.images} is smaller than a batch; it must be at least "
+            f"--batch-size ({args.batch_size}) and --data-batch-size ({args.data_batch_size})"
+        )
 
     train = load_cifar10(OmegaConf.create({"root": args.data_root, "source": None, "download": False}))["train"]
     images = train.images[: args.images].clone()
@@ -184,57 +219,75 @@ def main() -> None:
     data_ours = images_per_second(lambda: len(next(ours)[1]), 3, 20, args.repeats)
     reference = forever(reference_loader(images_hwc, labels.numpy(), args.data_batch_size, args.workers))
     data_ref = images_per_second(lambda: len(next(reference)[1]), 3, 10, args.repeats)
-    results["data_path"] = {"cifarbench": median(data_ours), "reference": median(data_ref),
-                            "ratio": round(median(data_ours) / median(data_ref), 2)}  # fmt: skip
+    results["data_path"] = {
+        "cifarbench": median(data_ours),
+        "reference": median(data_ref),
+        "ratio": round(median(data_ours) / median(data_ref), 2),
+    }
 
     for name in args.models:
-        ours_step = train_step_fn(model_for(name, True), cifarbench_batches(images, labels, args.batch_size),
-                                  ours_precision, channels_last=True)  # fmt: skip
+        ours_step = cifarbench_step(
+            model_for(name, True), cifarbench_batches(images, labels, args.batch_size), ours_precision
+        )
         ours_rates = images_per_second(ours_step, args.warmup, args.steps, args.repeats)
         compiled_rates = None
         if args.compile:
             compiled = torch.compile(model_for(name, True))
-            compiled_step = train_step_fn(compiled, cifarbench_batches(images, labels, args.batch_size),
-                                          ours_precision, channels_last=True)  # fmt: skip
+            compiled_step = cifarbench_step(
+                compiled, cifarbench_batches(images, labels, args.batch_size), ours_precision
+            )
             compiled_rates = images_per_second(compiled_step, args.warmup, args.steps, args.repeats)
         loader = reference_loader(images_hwc, labels.numpy(), args.batch_size, args.workers)
-        ref_step = train_step_fn(model_for(name, False), forever(loader), fp32, channels_last=False)
+        ref_step = reference_step(model_for(name, False), forever(loader), fp32, channels_last=False)
         ref_rates = images_per_second(ref_step, args.warmup, args.steps, args.repeats)
         gflop = train_flops_per_image(model_for(name, True)) / 1e9
-        results["models"][name] = {"cifarbench": median(ours_rates), "reference": median(ref_rates),
-                                   "ratio": round(median(ours_rates) / median(ref_rates), 2),
-                                   "train_gflop_per_image": round(gflop, 4),
-                                   "cifarbench_gflops": round(gflop * median(ours_rates), 1),
-                                   "reference_gflops": round(gflop * median(ref_rates), 1),
-                                   "cifarbench_runs": [round(r, 1) for r in ours_rates],
-                                   "reference_runs": [round(r, 1) for r in ref_rates]}  # fmt: skip
+        results["models"][name] = {
+            "cifarbench": median(ours_rates),
+            "reference": median(ref_rates),
+            "ratio": round(median(ours_rates) / median(ref_rates), 2),
+            "train_gflop_per_image": round(gflop, 4),
+            "cifarbench_gflops": round(gflop * median(ours_rates), 1),
+            "reference_gflops": round(gflop * median(ref_rates), 1),
+            "cifarbench_runs": [round(r, 1) for r in ours_rates],
+            "reference_runs": [round(r, 1) for r in ref_rates],
+        }
         if compiled_rates:
             results["models"][name]["cifarbench_compile"] = median(compiled_rates)
         del loader
 
-    peaks = {name: matmul_peak_gflops(dtype, args.repeats) for name, dtype in
-             (("cifarbench", ours_precision.dtype or torch.float32), ("reference", torch.float32))}  # fmt: skip
+    peaks = {
+        name: matmul_peak_gflops(dtype, args.repeats)
+        for name, dtype in (("cifarbench", ours_precision.dtype or torch.float32), ("reference", torch.float32))
+    }
     results["matmul_peak_gflops"] = {name: round(peak, 1) for name, peak in peaks.items()}
     for row in results["models"].values():
         # a cifarbench step at 100% of its peak against the reference as measured: no ratio beats it
         row["ratio_bound"] = round(peaks["cifarbench"] / row["reference_gflops"], 2)
 
     print(f"\ntraining step, batch {args.batch_size}: images/s (median of {args.repeats} x {args.steps} steps)")
-    print(f"{'model':<12} {'cifarbench':>11} {'reference':>10} {'ratio':>6}  {'compile=true':>12}  "
-          f"{'GFLOP/img':>9}  {'GFLOP/s (of peak): cifarbench':>29}  {'reference':>14}  {'max ratio':>9}")  # fmt: skip
+    print(
+        f"{'model':<12} {'cifarbench':>11} {'reference':>10} {'ratio':>6}  {'compile=true':>12}  "
+        f"{'GFLOP/img':>9}  {'GFLOP/s (of peak): cifarbench':>29}  {'reference':>14}  {'max ratio':>9}"
+    )
     for name, row in results["models"].items():
         compiled = f"{row['cifarbench_compile']:>12.1f}" if "cifarbench_compile" in row else f"{'-':>12}"
         ours_use = f"{row['cifarbench_gflops']:.1f} ({row['cifarbench_gflops'] / peaks['cifarbench']:.0%})"
         ref_use = f"{row['reference_gflops']:.1f} ({row['reference_gflops'] / peaks['reference']:.0%})"
-        print(f"{name:<12} {row['cifarbench']:>11.1f} {row['reference']:>10.1f} {row['ratio']:>5.2f}x  {compiled}  "
-              f"{row['train_gflop_per_image']:>9.3f}  {ours_use:>29}  {ref_use:>14}  "
-              f"{row['ratio_bound']:>8.2f}x")  # fmt: skip
+        print(
+            f"{name:<12} {row['cifarbench']:>11.1f} {row['reference']:>10.1f} {row['ratio']:>5.2f}x  {compiled}  "
+            f"{row['train_gflop_per_image']:>9.3f}  {ours_use:>29}  {ref_use:>14}  "
+            f"{row['ratio_bound']:>8.2f}x"
+        )
     data = results["data_path"]
-    print(f"{'data path':<12} {data['cifarbench']:>11.1f} {data['reference']:>10.1f} {data['ratio']:>5.2f}x"
-          "   (augmented + normalised images/s, no model)")  # fmt: skip
-    print(f"peak (a 2048x2048 matrix product): {peaks['cifarbench']:.1f} GFLOP/s in {ours_precision.name}, "
-          f"{peaks['reference']:.1f} in fp32; max ratio = the cifarbench peak / the reference's GFLOP/s, what a "
-          "step at 100% of the peak would reach")  # fmt: skip
+    print(
+        f"{'data path':<12} {data['cifarbench']:>11.1f} {data['reference']:>10.1f} {data['ratio']:>5.2f}x"
+        "   (augmented + normalised images/s, no model)"
+    )
+    print(
+        f"peak (a 2048x2048 matrix product): {peaks['cifarbench']:.1f} GFLOP/s in {ours_precision.name}, "
+        f"{peaks['reference']:.1f} in fp32; max ratio = the cifarbench peak / the reference's GFLOP/s, what a "
+        "step at 100% of the peak would reach"
+    )
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nwrote {args.out}")
 

@@ -185,3 +185,17 @@ def test_cifar10_normalisation_is_per_channel() -> None:
 def test_unknown_normalisation_lists_choices() -> None:
     with pytest.raises(UserError, match="choose one of cifar10, half, unit"):
         Normalize("imagenet", torch.device("cpu"))
+
+
+def test_each_list_of_allowed_values_matches_what_its_module_does() -> None:
+    """options.py is the one home of every list; the tables that give the values their meaning agree."""
+    from cifarbench import options
+    from cifarbench.data.normalize import MEAN_STD
+
+    assert tuple(MEAN_STD) == options.NORMALIZATIONS
+    from cifarbench.augmentation import TorchvisionPolicy, tta_views
+
+    for policy in options.POLICIES:
+        TorchvisionPolicy(policy)
+    images = torch.zeros(1, 3, 32, 32, dtype=torch.uint8)
+    assert [len(tta_views(images, level)) for level in options.TTA_LEVELS] == [1, 2, 6]

@@ -136,10 +136,10 @@ def test_fast_run_records_tta_and_resumes_to_the_same_numbers(
 
     real = train_module.train_one_epoch
 
-    def stop_in_epoch_2(*args, **kwargs):
-        if args[-1] == 2:
+    def stop_in_epoch_2(step, batches, *args, **kwargs):
+        if batches.epoch == 2:
             raise Interrupted("SIGTERM received", 15)
-        return real(*args, **kwargs)
+        return real(step, batches, *args, **kwargs)
 
     run = tmp_path / "interrupted"
     monkeypatch.setattr(train_module, "train_one_epoch", stop_in_epoch_2)
@@ -203,13 +203,15 @@ class RecordingAugmentation(Augmentation):
 
 
 def test_the_loop_hands_augmentation_each_images_index_and_the_epoch() -> None:
-    from test_recipes import make_step
+    from test_recipes import batches_of, make_step
 
     torch.manual_seed(0)
     split = Split(torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8), torch.arange(40) % 10)
     step = make_step(nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10)), lr=0.1)
-    step.augment = RecordingAugmentation()
-    train_module.train_one_epoch(step, split, 16, torch.Generator().manual_seed(1), torch.Generator(), False, epoch=3)
-    indices = [i for batch, _ in step.augment.calls for i in batch]
+    recording = RecordingAugmentation()
+    batches = batches_of(split, 16, recording, shuffle=torch.Generator().manual_seed(1))
+    batches.epoch = 3
+    train_module.train_one_epoch(step, batches)
+    indices = [i for batch, _ in recording.calls for i in batch]
     assert sorted(indices) == list(range(40)) and indices != list(range(40))  # every image once, shuffled
-    assert {epoch for _, epoch in step.augment.calls} == {3}
+    assert {epoch for _, epoch in recording.calls} == {3}

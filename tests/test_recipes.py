@@ -14,14 +14,14 @@ from omegaconf import OmegaConf
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from cifarbench.augmentation import BatchMix, NoAugmentation
+from cifarbench.augmentation import Augmentation, BatchMix, NoAugmentation
 from cifarbench.config import config_dir, group_options
-from cifarbench.data import Normalize, Split
+from cifarbench.data import Batches, Normalize, Split
 from cifarbench.optimizers import build_optimizer
 from cifarbench.runtime import select_precision
 from cifarbench.schedulers import build_schedule
 from cifarbench.stopping import BestTracker
-from cifarbench.train import Step, train_one_epoch
+from cifarbench.train import TrainingStep, train_one_epoch
 
 
 def group_cfg(group: str, name: str, **overrides):
@@ -214,20 +214,30 @@ def test_early_stopping_on_a_scripted_curve() -> None:
 # --- label smoothing and EMA -------------------------------------------------------------------
 
 
-def make_step(model: nn.Module, lr: float, label_smoothing: float = 0.0, ema_decay: float | None = None) -> Step:
+def make_step(
+    model: nn.Module, lr: float, label_smoothing: float = 0.0, ema_decay: float | None = None
+) -> TrainingStep:
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-    return Step(
-        model=model,
+    return TrainingStep(
+        forward=model,
         optimizer=optimizer,
         schedule=build_schedule(group_cfg("scheduler", "none"), optimizer, 1, 1),
         scaler=torch.amp.GradScaler("cpu", enabled=False),
         precision=select_precision("fp32", torch.device("cpu")),
-        augment=NoAugmentation(),
-        normalize=Normalize("unit", torch.device("cpu"), channels_last=False),
         batch_mix=BatchMix(),
         label_smoothing=label_smoothing,
         grad_clip=None,
         ema=AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True) if ema_decay else None,
+    )
+
+
+def batches_of(
+    split: Split, batch_size: int, augmentation: Augmentation | None = None, shuffle: torch.Generator | None = None
+) -> Batches:
+    """The loop's loader over a tiny split: no augmentation, [0, 1] inputs."""
+    normalize = Normalize("unit", torch.device("cpu"), channels_last=False)
+    return Batches(
+        split, batch_size, augmentation or NoAugmentation(), normalize, shuffle or torch.Generator(), torch.Generator()
     )
 
 
@@ -246,8 +256,7 @@ def test_label_smoothing_reaches_the_loss(tiny_split: Split) -> None:
     logits = model(tiny_split.images.float() / 255)
     for eps in (0.0, 0.2):
         expected[eps] = F.cross_entropy(logits, tiny_split.labels, label_smoothing=eps).item()
-        loss, _ = train_one_epoch(make_step(model, lr=0.0, label_smoothing=eps), tiny_split, 40,
-                                  torch.Generator(), torch.Generator(), progress=False)  # fmt: skip
+        loss, _ = train_one_epoch(make_step(model, lr=0.0, label_smoothing=eps), batches_of(tiny_split, 40))
         assert loss == pytest.approx(expected[eps], rel=1e-5)
     assert abs(expected[0.2] - expected[0.0]) > 0.01  # so the equality above could tell them apart
 
@@ -259,7 +268,7 @@ def test_ema_averages_the_weights(tiny_split: Split) -> None:
     step = make_step(model, lr=0.5, ema_decay=decay)
     snapshots = []
     for _ in range(3):  # one batch per epoch: the EMA updates once after each step
-        train_one_epoch(step, tiny_split, 40, torch.Generator(), torch.Generator(), progress=False)
+        train_one_epoch(step, batches_of(tiny_split, 40))
         snapshots.append(model[1].weight.detach().clone())
     p1, p2, p3 = snapshots
     expected = decay * (decay * p1 + (1 - decay) * p2) + (1 - decay) * p3

@@ -15,6 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import Generator, Tensor
 
+from cifarbench.errors import check_choice
+from cifarbench.options import FLIPS, PADDING_MODES, POLICIES, TTA_LEVELS
+
 
 class Augmentation:
     """What the loop calls: a uint8 batch in, a uint8 batch out; `index` (each image's place in the
@@ -54,12 +57,8 @@ class FlipCrop(Augmentation):
     def __init__(
         self, padding: int = 4, flip: bool | str = True, padding_mode: str = "zeros", flip_seed: int = 0
     ) -> None:
-        from cifarbench.errors import UserError
-
-        if flip not in (True, False, "alternating"):
-            raise UserError(f"augmentation.flip={flip!r} is not known; choose one of true, false, alternating")
-        if padding_mode not in ("zeros", "reflect"):
-            raise UserError(f"augmentation.padding_mode={padding_mode!r} is not known; choose zeros or reflect")
+        check_choice("augmentation.flip", flip, FLIPS)
+        check_choice("augmentation.padding_mode", padding_mode, PADDING_MODES)
         self.padding = padding
         self.flip = flip
         self.padding_mode = padding_mode
@@ -159,10 +158,7 @@ class TorchvisionPolicy(Augmentation):
             "randaugment": lambda: v2.RandAugment(num_ops=num_ops, magnitude=magnitude),
             "trivialaugment": lambda: v2.TrivialAugmentWide(),
         }
-        if policy not in policies:
-            from cifarbench.errors import UserError
-
-            raise UserError(f"augmentation.policy={policy!r} is not known; choose one of {', '.join(policies)}")
+        check_choice("augmentation.policy", policy, POLICIES)
         self.transform = policies[policy]()
 
     def __call__(self, images: Tensor, generator: Generator, index: Tensor | None = None, epoch: int = 1) -> Tensor:
@@ -203,8 +199,7 @@ def tta_views(images: torch.Tensor, level: str) -> list[tuple[float, torch.Tenso
     views = [(0.5, images), (0.5, images.flip(3))]
     if level == "flip":
         return views
-    if level != "flip_translate":
-        raise ValueError(f"unknown test-time augmentation {level!r}")
+    check_choice("tta", level, TTA_LEVELS)
     height, width = images.shape[-2:]
     padded = F.pad(images, (1, 1, 1, 1), mode="reflect")
     shifted = [padded[..., :height, :width], padded[..., 2 : height + 2, 2 : width + 2]]

@@ -11,72 +11,14 @@ import logging
 import os
 import sys
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from cifarbench.config import GROUPS, config_dir, group_options, register_resolvers
 from cifarbench.errors import UserError
 
 log = logging.getLogger("cifarbench")
-
-COMMANDS = {
-    "train": "train a model (Hydra overrides; -m for a sweep)",
-    "data": "data import PATH: decode a CIFAR-10 copy once into the data cache",
-    "models": "list every model with its parameter counts (and the reports' counts)",
-    "report": "report PATH... [--out DIR]: comparison table, overlaid curves, one HTML page",
-    "evaluate": "evaluate RUN_DIR: reload the tested checkpoint and re-evaluate the test set",
-    "predict": "predict RUN_DIR IMAGE...: top-3 classes for your own images, predictions.csv",
-    "runs": "runs [PATH]: list runs newest first (date, name, model, overrides, status, accuracy)",
-}
-
-
-def usage() -> str:
-    lines = [
-        "usage: cifarbench <command> [args]",
-        "",
-        "cifarbench: a config-driven CIFAR-10 experiment runner. Hydra config groups compose into one",
-        "training loop that writes metrics, a confusion matrix and curves into outputs/<name>/<date>_<time>/.",
-        "",
-        "commands:",
-        *(f"  {name:<8} {text}" for name, text in COMMANDS.items()),
-        "",
-        "config groups (cifarbench train GROUP=OPTION):",
-        *(f"  {group:<13} {', '.join(group_options(group)) or '-'}" for group in GROUPS),
-        "",
-        "examples:",
-        "  cifarbench data import ../shared/data/cifar10-jpeg.tar.gz",
-        "  cifarbench train model=baseline epochs=20 batch_size=128 optimizer.lr=1e-3",
-        "  cifarbench train -m model.dropout=0.3,0.4 batch_size=64,128",
-        "  cifarbench train --help          # every config key and option",
-    ]
-    return "\n".join(lines)
-
-
-def fail(message: str) -> int:
-    print(f"cifarbench: error: {message}", file=sys.stderr)
-    return 2
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help", "help"):
-        print(usage())
-        return 0
-    command, rest = argv[0], argv[1:]
-    try:
-        if command == "train":
-            return train(rest)
-        if command == "data":
-            return data_command(rest)
-        if command == "models":
-            from cifarbench.models.catalog import catalog, format_catalog
-
-            print(format_catalog(catalog()))
-            return 0
-        if command in ("report", "evaluate", "predict", "runs"):
-            return RUN_COMMANDS[command](rest)
-    except UserError as exc:
-        return fail(str(exc))
-    return fail(f"unknown command {command!r}; choose one of: {', '.join(COMMANDS)} (see cifarbench --help)")
 
 
 def train(overrides: list[str]) -> int:
@@ -120,8 +62,10 @@ def resume_overrides(run_dir: Path, overrides: list[str]) -> list[str]:
     other overrides would change nothing and are refused rather than silently ignored."""
     others = [o for o in overrides if not o.startswith(("resume=", "progress=", "device=", "hydra.", "hydra/"))]
     if others:
-        raise UserError(f"resume=RUN_DIR continues a run with its own config; drop {' '.join(others)} "
-                        "(only progress= and device= may change)")  # fmt: skip
+        raise UserError(
+            f"resume=RUN_DIR continues a run with its own config; drop {' '.join(others)} "
+            "(only progress= and device= may change)"
+        )
     last = run_dir / "checkpoints" / "last.pt"
     if not last.is_file():
         raise UserError(f"resume={run_dir}: no checkpoint at {last}; expected a run directory of cifarbench train")
@@ -169,17 +113,22 @@ def evaluate_command(args: list[str]) -> int:
 
     parser = argparse.ArgumentParser(prog="cifarbench evaluate", description="Re-evaluate a run's test set.")
     parser.add_argument("run_dir", type=Path)
-    parser.add_argument("--checkpoint", default="auto", choices=["auto", "best", "last"],
-                        help="auto: the weights the run tested with")  # fmt: skip
+    parser.add_argument(
+        "--checkpoint", default="auto", choices=["auto", "best", "last"], help="auto: the weights the run tested with"
+    )
     ns = parser.parse_args(args)
     result = evaluate_run(ns.run_dir, ns.checkpoint)
     test, recorded = result["test"], result["recorded"]
-    print(f"{result['checkpoint']}: test accuracy {test['accuracy']:.2f}%, loss {test['loss']:.4f}, "
-          f"error {test['error']:.2f}%")  # fmt: skip
+    print(
+        f"{result['checkpoint']}: test accuracy {test['accuracy']:.2f}%, loss {test['loss']:.4f}, "
+        f"error {test['error']:.2f}%"
+    )
     if recorded.get("accuracy") is not None:
         same = recorded["accuracy"] == test["accuracy"] and recorded["loss"] == test["loss"]
-        print(f"metrics.json: test accuracy {recorded['accuracy']:.2f}%, loss {recorded['loss']:.4f} "
-              f"({'identical' if same else 'DIFFERENT'})")  # fmt: skip
+        print(
+            f"metrics.json: test accuracy {recorded['accuracy']:.2f}%, loss {recorded['loss']:.4f} "
+            f"({'identical' if same else 'DIFFERENT'})"
+        )
     return 0
 
 
@@ -212,10 +161,78 @@ def runs_command(args: list[str]) -> int:
     for run in runs:
         acc = run.test("accuracy")
         name = str(run.config.get("name", run.path.parent.name))
-        print(f"{run.started:%Y-%m-%d %H:%M:%S}  {name:<24.24}  {run.model:<16.16}  {run.status:<11}  "
-              f"{'-' if acc is None else f'{acc:.2f}%':>8}  {' '.join(run.key_overrides)}")  # fmt: skip
+        print(
+            f"{run.started:%Y-%m-%d %H:%M:%S}  {name:<24.24}  {run.model:<16.16}  {run.status:<11}  "
+            f"{'-' if acc is None else f'{acc:.2f}%':>8}  {' '.join(run.key_overrides)}"
+        )
     return 0
 
 
-RUN_COMMANDS = {"report": report_command, "evaluate": evaluate_command, "predict": predict_command,
-                "runs": runs_command}  # fmt: skip
+def models_command(args: list[str]) -> int:
+    argparse.ArgumentParser(
+        prog="cifarbench models", description="List every model with its parameter counts."
+    ).parse_args(args)
+    from cifarbench.models.catalog import catalog, format_catalog
+
+    print(format_catalog(catalog()))
+    return 0
+
+
+@dataclass(frozen=True)
+class Command:
+    run: Callable[[list[str]], int]
+    help: str
+
+
+COMMANDS = {
+    "train": Command(train, "train a model (Hydra overrides; -m for a sweep)"),
+    "data": Command(data_command, "data import PATH: decode a CIFAR-10 copy once into the data cache"),
+    "models": Command(models_command, "list every model with its parameter counts (and the reports' counts)"),
+    "report": Command(report_command, "report PATH... [--out DIR]: comparison table, overlaid curves, one HTML page"),
+    "evaluate": Command(evaluate_command, "evaluate RUN_DIR: reload the tested weights and re-evaluate the test set"),
+    "predict": Command(predict_command, "predict RUN_DIR IMAGE...: top-3 classes for your own images, predictions.csv"),
+    "runs": Command(
+        runs_command, "runs [PATH]: list runs newest first (date, name, model, overrides, status, accuracy)"
+    ),
+}
+
+
+def usage() -> str:
+    lines = [
+        "usage: cifarbench <command> [args]",
+        "",
+        "cifarbench: a config-driven CIFAR-10 experiment runner. Hydra config groups compose into one",
+        "training loop that writes metrics, a confusion matrix and curves into outputs/<name>/<date>_<time>/.",
+        "",
+        "commands:",
+        *(f"  {name:<8} {command.help}" for name, command in COMMANDS.items()),
+        "",
+        "config groups (cifarbench train GROUP=OPTION):",
+        *(f"  {group:<13} {', '.join(group_options(group)) or '-'}" for group in GROUPS),
+        "",
+        "examples:",
+        "  cifarbench data import ../shared/data/cifar10-jpeg.tar.gz",
+        "  cifarbench train model=baseline epochs=20 batch_size=128 optimizer.lr=1e-3",
+        "  cifarbench train -m model.dropout=0.3,0.4 batch_size=64,128",
+        "  cifarbench train --help          # every config key and option",
+    ]
+    return "\n".join(lines)
+
+
+def fail(message: str) -> int:
+    print(f"cifarbench: error: {message}", file=sys.stderr)
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        return fail(f"unknown command {name!r}; choose one of: {', '.join(COMMANDS)} (see cifarbench --help)")
+    try:
+        return COMMANDS[name].run(rest)
+    except UserError as exc:
+        return fail(str(exc))

@@ -5,6 +5,17 @@ class UserError(Exception):
     """A problem the user can fix (bad config, missing data, bad file): one line, exit status 2."""
 
 
+def show(value: object) -> str:
+    """A value as the user writes it in YAML or on the command line (true, not True)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def check_choice(key: str, value: object, allowed: tuple) -> None:
+    """The one message for a value outside its list: `key=value is not known; choose one of ...`."""
+    if value not in allowed:
+        raise UserError(f"{key}={value!r} is not known; choose one of {', '.join(show(v) for v in allowed)}")
+
+
 class TrainingStopped(Exception):
     """Training ended before its last epoch; the run directory says so in metrics.json `status`."""
 

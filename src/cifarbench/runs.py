@@ -34,8 +34,9 @@ class Run:
         when = self.metrics.get("started_at")
         if when:
             return datetime.fromisoformat(when)
-        return datetime.fromtimestamp((self.path / ".hydra").stat().st_mtime if (self.path / ".hydra").exists()
-                                      else self.path.stat().st_mtime)  # fmt: skip
+        return datetime.fromtimestamp(
+            (self.path / ".hydra").stat().st_mtime if (self.path / ".hydra").exists() else self.path.stat().st_mtime
+        )
 
     @property
     def pretrained(self) -> bool:

@@ -10,15 +10,12 @@ from pathlib import Path
 
 import torch
 
-from cifarbench.errors import UserError
-
-DEVICES = ("auto", "cpu", "cuda", "mps")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+from cifarbench.errors import UserError, check_choice
+from cifarbench.options import DEVICES, PRECISIONS
 
 
 def select_device(name: str) -> torch.device:
-    if name not in DEVICES:
-        raise UserError(f"device={name!r} is not known; choose one of {', '.join(DEVICES)}")
+    check_choice("device", name, DEVICES)
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -68,8 +65,7 @@ class Precision:
 
 
 def select_precision(name: str, device: torch.device) -> Precision:
-    if name not in PRECISIONS:
-        raise UserError(f"precision={name!r} is not known; choose one of {', '.join(PRECISIONS)}")
+    check_choice("precision", name, PRECISIONS)
     if name == "auto":
         if device.type == "cuda":
             name = "bf16" if cuda_has_native_bf16(device) else "fp16"

@@ -13,9 +13,8 @@ from torch import optim
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, ReduceLROnPlateau, SequentialLR
 
 from cifarbench.config import instantiate
-from cifarbench.errors import UserError
-
-INTERVALS = ("epoch", "step")
+from cifarbench.errors import check_choice
+from cifarbench.options import INTERVALS
 
 
 @dataclass
@@ -48,8 +47,7 @@ def build_schedule(
 ) -> Schedule:
     cfg = OmegaConf.to_container(scheduler_cfg, resolve=True)
     interval = cfg.pop("interval", "epoch")
-    if interval not in INTERVALS:
-        raise UserError(f"scheduler.interval={interval!r} is not known; choose one of {', '.join(INTERVALS)}")
+    check_choice("scheduler.interval", interval, INTERVALS)
     if cfg.get("_target_") is None:
         return Schedule(None, interval)
     # Schedules that need the run's length get it from the run, so `epochs=N` is all a user changes.

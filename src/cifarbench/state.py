@@ -29,8 +29,9 @@ from torch.optim.swa_utils import AveragedModel
 
 from cifarbench import distributed
 from cifarbench.distributed import World
-from cifarbench.errors import UserError
+from cifarbench.errors import UserError, check_choice
 from cifarbench.optimizers import Lookahead
+from cifarbench.options import TEST_WEIGHTS
 from cifarbench.schedulers import Schedule
 from cifarbench.stopping import BestTracker
 
@@ -80,8 +81,7 @@ def weights_to_test(checkpoint: dict[str, Any], which: str) -> dict[str, torch.T
         if best.get("weights") is None:
             raise UserError("this checkpoint has no best weights (no epoch finished); use --checkpoint last")
         return best["weights"]
-    if which != "last":
-        raise UserError(f"checkpoint {which!r} is not known; choose best or last")
+    check_choice("test_weights", which, TEST_WEIGHTS)
     if checkpoint.get("ema") is not None:  # AveragedModel's state dict: module.<name> plus n_averaged
         prefix = "module."
         return {k[len(prefix) :]: v for k, v in checkpoint["ema"].items() if k.startswith(prefix)}
@@ -108,20 +108,20 @@ def set_device_rng_state(device: torch.device, state: torch.Tensor | None) -> No
 
 class Generators:
     """Every random stream of a run. `shuffle` (CPU) orders the batches, the same on every rank;
-    `augment` (on the training device) draws each rank's augmentation; torch's global generators,
-    the CPU's and the accelerator's, draw initialisation, dropout masks and mixup."""
+    `augmentation` (on the training device) draws each rank's augmentation; torch's global
+    generators, the CPU's and the accelerator's, draw initialisation, dropout masks and mixup."""
 
     def __init__(self, seed: int, device: torch.device, world: World) -> None:
         self.seed, self.device, self.world = seed, device, world
         self.shuffle = torch.Generator().manual_seed(seed)
-        self.augment = torch.Generator(device=device).manual_seed(seed + world.rank)
+        self.augmentation = torch.Generator(device=device).manual_seed(seed + world.rank)
 
     def state_dict(self) -> dict[str, Any]:
         """A collective with several processes: every rank's streams go into the one checkpoint."""
         mine = {
             "torch": torch.get_rng_state(),
             "device": device_rng_state(self.device),
-            "augment": self.augment.get_state(),
+            "augment": self.augmentation.get_state(),
         }
         return {
             "device": self.device.type,
@@ -149,13 +149,13 @@ class Generators:
                 f"saved on {saved_on}, resumed on {self.device.type}: re-seeded the augmentation generator"
                 + (f" and {self.device.type}'s own generator" if self.device.type != "cpu" else "")
             ]
-        self.augment.set_state(mine["augment"])
+        self.augmentation.set_state(mine["augment"])
         set_device_rng_state(self.device, mine["device"])
         return []
 
     def _reseed(self, epoch: int, torch_too: bool) -> None:
         seed = (self.seed * 1_000_003 + epoch * 7919 + self.world.rank) % 2**63
-        self.augment.manual_seed(seed)
+        self.augmentation.manual_seed(seed)
         if self.device.type == "cuda":
             torch.cuda.manual_seed(seed)
         elif self.device.type == "mps":
@@ -190,6 +190,10 @@ class TrainingState:
     def epoch(self) -> int:
         """Epochs finished."""
         return len(self.history)
+
+    def tested_epoch(self, which: str) -> int:
+        """The epoch whose weights `weights_to_test(..., which)` gives."""
+        return self.tracker.best_epoch if which == "best" else self.epoch
 
     @property
     def evaluated(self) -> nn.Module:

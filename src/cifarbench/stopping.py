@@ -5,9 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from cifarbench.errors import UserError
-
-MONITORS = ("val_loss", "val_acc")
+from cifarbench.errors import check_choice
+from cifarbench.options import MONITORS
 
 
 @dataclass
@@ -26,8 +25,7 @@ class BestTracker:
     epochs_without_improvement: int = 0
 
     def __post_init__(self) -> None:
-        if self.monitor not in MONITORS:
-            raise UserError(f"monitor={self.monitor!r} is not known; choose one of {', '.join(MONITORS)}")
+        check_choice("monitor", self.monitor, MONITORS)
 
     @property
     def minimize(self) -> bool:

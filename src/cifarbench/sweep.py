@@ -44,16 +44,35 @@ def write_summary(sweep_dir: Path) -> list[Run]:
     values = [_overrides(run) for run in runs]
     keys = list(dict.fromkeys(k for v in values for k in v))
     swept = [k for k in keys if len({v.get(k) for v in values}) > 1]
-    headers = ["job", *swept, "status", "test_acc", "test_loss", "test_error", "f1_macro", "epochs",
-               "median_epoch_s", "error"]  # fmt: skip
+    headers = [
+        "job",
+        *swept,
+        "status",
+        "test_acc",
+        "test_loss",
+        "test_error",
+        "f1_macro",
+        "epochs",
+        "median_epoch_s",
+        "error",
+    ]
     rows = []
     for run, job_values in zip(runs, values, strict=True):
         test = run.metrics.get("test", {})
-        rows.append([
-            run.path.name, *(job_values.get(k) for k in swept), run.status,
-            test.get("accuracy"), test.get("loss"), test.get("error"), test.get("f1_macro"),
-            run.metrics.get("epochs_run"), run.metrics.get("median_epoch_seconds"), run.metrics.get("error"),
-        ])  # fmt: skip
+        rows.append(
+            [
+                run.path.name,
+                *(job_values.get(k) for k in swept),
+                run.status,
+                test.get("accuracy"),
+                test.get("loss"),
+                test.get("error"),
+                test.get("f1_macro"),
+                run.metrics.get("epochs_run"),
+                run.metrics.get("median_epoch_seconds"),
+                run.metrics.get("error"),
+            ]
+        )
     write_csv(sweep_dir / "summary.csv", headers, rows)
     text = f"# Sweep {sweep_dir}\n\n{len(runs)} jobs; swept: {', '.join(swept) or 'nothing'}\n\n"
     text += markdown_table(headers, [[_fmt(v) for v in row] for row in rows])

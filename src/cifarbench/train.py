@@ -1,8 +1,10 @@
 """The training loop: one loop for every model, read top to bottom.
 
-    data (uint8 splits on the device) -> model -> train_one_epoch / evaluate per epoch -> artifacts
+    fit: set_up_runtime -> load_splits -> build_network -> build_training -> [restore]
+         -> run_epochs (train_one_epoch, evaluate; checkpoint) -> final_test -> artifacts
 
-`fit` is the whole run; `train_one_epoch` and `evaluate` are the two halves of an epoch.
+`fit` is the whole run; `train_one_epoch` and `evaluate` are the two halves of an epoch. What a
+checkpoint holds belongs to state.TrainingState; batching and augmentation to data.Batches.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -25,9 +28,9 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from cifarbench import artifacts, distributed
-from cifarbench.augmentation import Augmentation, BatchMix, tta_views
+from cifarbench.augmentation import BatchMix, tta_views
 from cifarbench.config import instantiate
-from cifarbench.data import CLASSES, DataSplits, Normalize, Split, load_cifar10, make_splits
+from cifarbench.data import CLASSES, Batches, DataSplits, Normalize, Split, batch_indices, load_cifar10, make_splits
 from cifarbench.distributed import SINGLE_PROCESS, World, all_reduce_sum, any_rank
 from cifarbench.errors import Diverged, Interrupted, TrainingStopped, UserError
 from cifarbench.interrupt import StopRequest
@@ -43,6 +46,15 @@ log = logging.getLogger("cifarbench")
 DIVERGED_HINT = "lower optimizer.lr or set grad_clip"
 
 
+@dataclass(frozen=True)
+class Runtime:
+    """Where this process trains: its place among the processes, its device and its precision."""
+
+    world: World
+    device: torch.device
+    precision: Precision
+
+
 @dataclass
 class EvalResult:
     loss: float
@@ -52,91 +64,74 @@ class EvalResult:
     probabilities: torch.Tensor  # (N, classes) on the CPU
 
 
-def batch_indices(n: int, batch_size: int, generator: torch.Generator | None) -> list[torch.Tensor]:
-    """Shuffled (generator given) or ordered index batches; a trailing batch of one is dropped
-    because batch norm cannot train on a single image."""
-    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-    batches = list(order.split(batch_size))
-    if generator is not None and len(batches) > 1 and len(batches[-1]) == 1:
-        batches.pop()
-    return batches
-
-
 @dataclass
-class Step:
-    """What one optimisation step needs; built once per run by `fit`."""
+class TrainingStep:
+    """One optimisation step on a batch: forward under autocast, loss, scaled backward, clipping,
+    optimizer, then the per-step schedule, lookahead and EMA. `forward` is what computes the
+    logits: the model itself, or it wrapped by DistributedDataParallel and/or torch.compile."""
 
-    model: nn.Module
+    forward: nn.Module
     optimizer: torch.optim.Optimizer
     schedule: Schedule
     scaler: torch.amp.GradScaler
     precision: Precision
-    augment: Augmentation
-    normalize: Normalize
     batch_mix: BatchMix
     label_smoothing: float
     grad_clip: float | None
-    ema: AveragedModel | None
+    ema: AveragedModel | None = None
     lookahead: Lookahead | None = None
+
+    def __call__(self, inputs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (loss, logits) of the batch; the weights have taken the step."""
+        targets = labels
+        if self.batch_mix.enabled:
+            inputs, targets = self.batch_mix(inputs, labels)  # soft targets
+        with self.precision.autocast():
+            logits = self.forward(inputs)
+        loss = F.cross_entropy(logits.float(), targets, label_smoothing=self.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.forward.parameters(), self.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.schedule.after_batch()
+        if self.lookahead is not None:
+            self.lookahead.after_batch()
+        if self.ema is not None:
+            self.ema.update_parameters(self.forward)
+        return loss, logits
 
 
 def train_one_epoch(
-    step: Step,
-    train: Split,
-    batch_size: int,
-    shuffle: torch.Generator,
-    augment: torch.Generator,
-    progress: bool,
+    step: TrainingStep,
+    batches: Batches,
+    progress: bool = False,
     stop: StopRequest | None = None,
     world: World = SINGLE_PROCESS,
-    epoch: int = 1,
 ) -> tuple[float, float]:
-    """One pass over the shuffled training split (epoch `epoch`, counted from 1); returns
-    (mean loss, accuracy %).
+    """One pass over `batches`; returns (mean loss, accuracy %) over every rank's images.
 
-    `batch_size` is the global batch: with several processes each takes its slice of every batch
-    (`shuffle` is the same on every rank, `augment` is each rank's own). Raises Diverged on a
-    NaN/infinite loss and Interrupted when `stop` was signalled; either way the partial epoch is
-    dropped and the last checkpoint (the previous epoch's) stays the good one.
+    Raises Diverged on a NaN/infinite loss and Interrupted when `stop` was signalled; either way the
+    partial epoch is dropped and the last checkpoint (the previous epoch's) stays the good one.
     """
-    model = step.model
-    device = train.labels.device
+    device = batches.split.labels.device
     # A finiteness check reads the loss: free on the CPU, a sync per step on a GPU, so sparser there.
     check_every = 1 if device.type == "cpu" else 50
-    model.train()
+    step.forward.train()
     # Loss and hits stay on the device; reading them every batch would force a sync per step.
     loss_sum = torch.zeros((), device=device)
     hits = torch.zeros((), device=device, dtype=torch.int64)
     seen = torch.zeros((), device=device, dtype=torch.int64)
-    batches = [b for b in batch_indices(len(train), batch_size, shuffle) if len(b) >= world.size]
     bar = tqdm(batches, desc="train", leave=False, disable=not progress or not world.is_main)
-    for i, global_idx in enumerate(bar):
-        idx = global_idx.tensor_split(world.size)[world.rank].to(device, non_blocking=True)
-        inputs = step.normalize(step.augment(train.images[idx], augment, idx, epoch))
-        labels = train.labels[idx]
-        targets = labels
-        if step.batch_mix.enabled:
-            inputs, targets = step.batch_mix(inputs, labels)  # soft targets
-        with step.precision.autocast():
-            logits = model(inputs)
-        loss = F.cross_entropy(logits.float(), targets, label_smoothing=step.label_smoothing)
+    for i, (inputs, labels) in enumerate(bar):
+        loss, logits = step(inputs, labels)
         if i % check_every == 0 and any_rank(not torch.isfinite(loss).item(), device, world):
             raise Diverged(f"the training loss became {loss.item()} at batch {i + 1}; {DIVERGED_HINT}")
-        step.optimizer.zero_grad(set_to_none=True)
-        step.scaler.scale(loss).backward()
-        if step.grad_clip:
-            step.scaler.unscale_(step.optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), step.grad_clip)
-        step.scaler.step(step.optimizer)
-        step.scaler.update()
-        step.schedule.after_batch()
-        if step.lookahead is not None:
-            step.lookahead.after_batch()
-        if step.ema is not None:
-            step.ema.update_parameters(model)
-        loss_sum += loss.detach() * len(idx)
+        loss_sum += loss.detach() * len(labels)
         hits += (logits.argmax(1) == labels).sum()
-        seen += len(idx)
+        seen += len(labels)
         if progress and i % 20 == 0:
             bar.set_postfix(loss=f"{loss_sum.item() / seen.item():.3f}", acc=f"{100 * hits.item() / seen.item():.1f}")
         # With several ranks asking "did anyone get a signal?" is a collective: not every step.
@@ -181,55 +176,34 @@ def fit(cfg: DictConfig, run_dir: Path, resume: dict | None = None) -> dict:
     state restored (see state.TrainingState).
     """
     started = datetime.now()
-    world, device, precision = set_up_runtime(cfg)
-    splits = load_splits(cfg, device)
-    normalize = Normalize(cfg.data.normalization, device, cfg.channels_last)
-    model, forward = build_network(cfg, splits, normalize, device, world)
-    state, step = build_training(cfg, model, forward, splits, normalize, precision, device, world)
+    runtime = set_up_runtime(cfg)
+    splits = load_splits(cfg, runtime.device)
+    normalize = Normalize(cfg.data.normalization, runtime.device, cfg.channels_last)
+    model, forward = build_network(cfg, splits.train, normalize, runtime)
+    state, step, batches = build_training(cfg, model, forward, splits.train, normalize, runtime)
     if resume is not None:
         restore(state, resume, run_dir)
-    logger = instantiate(cfg.logger)(run_dir=run_dir, config=state.config) if world.is_main else NoLogger(run_dir, {})
+    main = runtime.world.is_main
+    logger = instantiate(cfg.logger)(run_dir=run_dir, config=state.config) if main else NoLogger(run_dir, {})
 
-    stop_reason = run_epochs(cfg, state, step, splits, run_dir, world, logger)
+    stop_reason = run_epochs(cfg, state, step, batches, splits.val, run_dir, runtime, logger)
 
-    tested = final_test(cfg, state, step, splits)
-    metrics = artifacts.run_metrics(
-        history=state.history,
-        test=tested.result,
-        classes=CLASSES,
-        extra={
-            "status": "completed",
-            "stopped_early": stop_reason,
-            "monitor": cfg.monitor,
-            "best_epoch": state.tracker.best_epoch,
-            "test_weights": cfg.test_weights,
-            "test_weights_epoch": tested.epoch,
-            "ema": bool(cfg.ema_decay),
-            "lookahead": bool(cfg.lookahead_every),
-            "tta": cfg.tta,
-            "test_without_tta": tested.without_tta,
-            "val_is_test": splits.val_is_test,
-            "data_sizes": {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)},
-            "params": dict(zip(("total", "trainable"), count_parameters(model), strict=True)),
-            "device": str(device),
-            "precision": precision.name,
-            "channels_last": bool(cfg.channels_last),
-            "deterministic": bool(cfg.deterministic),
-            "processes": world.size,
-            "resumed": resume is not None,
-            "seed": cfg.seed,
-            "started_at": started.isoformat(timespec="seconds"),
-            "total_seconds": (datetime.now() - started).total_seconds(),
-            "versions": versions(),
-        },
+    test, without_tta = final_test(cfg, state, splits.test, normalize, runtime.precision)
+    metrics = artifacts.run_metrics(state.history, test, CLASSES, run_record(cfg, state, splits, runtime))
+    metrics.update(
+        stopped_early=stop_reason,
+        test_without_tta=without_tta,
+        resumed=resume is not None,
+        started_at=started.isoformat(timespec="seconds"),
+        total_seconds=(datetime.now() - started).total_seconds(),
     )
-    if world.is_main:
-        artifacts.write_run(run_dir, metrics, tested.result, splits.test.images.cpu(), CLASSES, state.history)
+    if main:
+        artifacts.write_run(run_dir, metrics, test, splits.test.images.cpu(), CLASSES, state.history)
         logger.finish(metrics)
     return metrics
 
 
-def set_up_runtime(cfg: DictConfig) -> tuple[World, torch.device, Precision]:
+def set_up_runtime(cfg: DictConfig) -> Runtime:
     """Seed, determinism, process group, device, precision and the device's backend flags."""
     torch.manual_seed(cfg.seed)  # model initialisation, and the global draws of dropout and mixup
     if cfg.deterministic:
@@ -243,114 +217,100 @@ def set_up_runtime(cfg: DictConfig) -> tuple[World, torch.device, Precision]:
         log.setLevel(logging.WARNING)  # one voice: rank 0 logs and writes the run directory
     distributed.local_batch_size(cfg.batch_size, world)  # refuses a global batch that does not divide
     log.info("device %s x %d, precision %s", device, world.size, precision.name)
-    return world, device, precision
+    return Runtime(world, device, precision)
 
 
 def load_splits(cfg: DictConfig, device: torch.device) -> DataSplits:
-    splits = make_splits(
-        load_cifar10(cfg.data), cfg.data.val_size, cfg.data.train_subset, cfg.data.test_subset, cfg.seed, device
-    )
-    log.info(
-        "data: %d train, %d val%s, %d test",
-        len(splits.train),
-        len(splits.val),
-        " (= test set)" if splits.val_is_test else "",
-        len(splits.test),
-    )
+    data = cfg.data
+    splits = make_splits(load_cifar10(data), data.val_size, data.train_subset, data.test_subset, cfg.seed, device)
+    val_note = " (= test set)" if splits.val_is_test else ""
+    log.info("data: %d train, %d val%s, %d test", len(splits.train), len(splits.val), val_note, len(splits.test))
     return splits
 
 
-def build_network(
-    cfg: DictConfig, splits: DataSplits, normalize: Normalize, device: torch.device, world: World
-) -> tuple[nn.Module, nn.Module]:
+def build_network(cfg: DictConfig, train: Split, normalize: Normalize, runtime: Runtime) -> tuple[nn.Module, nn.Module]:
     """(model, forward): see place_model."""
     model = build_model(cfg.model)
     if hasattr(model, "init_from_data"):  # data-dependent initialisation, e.g. `fast`'s whitening filters
-        sample = torch.randperm(len(splits.train), generator=torch.Generator().manual_seed(cfg.seed))[:5000]
-        model.init_from_data(normalize(splits.train.images[sample.to(device)]))
-    model, forward = place_model(model, cfg, device, world)
+        sample = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed))[:5000]
+        model.init_from_data(normalize(train.images[sample.to(runtime.device)]))
+    model, forward = place_model(model, cfg, runtime.device, runtime.world)
     total, trainable = count_parameters(model)
     log.info("model: %s, %.2fM parameters (%.2fM trainable)", type(model).__name__, total / 1e6, trainable / 1e6)
     return model, forward
 
 
 def build_training(
-    cfg: DictConfig,
-    model: nn.Module,
-    forward: nn.Module,
-    splits: DataSplits,
-    normalize: Normalize,
-    precision: Precision,
-    device: torch.device,
-    world: World,
-) -> tuple[TrainingState, Step]:
-    """The training state (what a checkpoint holds) and the step kit that drives it."""
-    generators = Generators(cfg.seed, device, world)
+    cfg: DictConfig, model: nn.Module, forward: nn.Module, train: Split, normalize: Normalize, runtime: Runtime
+) -> tuple[TrainingState, TrainingStep, Batches]:
+    """The training state (what a checkpoint holds), the step that changes it, and the batches it eats."""
+    generators = Generators(cfg.seed, runtime.device, runtime.world)
+    batches = Batches(
+        train,
+        cfg.batch_size,
+        instantiate(cfg.augmentation),
+        normalize,
+        generators.shuffle,
+        generators.augmentation,
+        runtime.world,
+    )
     optimizer = build_optimizer(cfg.optimizer, model)
-    steps_per_epoch = len(batch_indices(len(splits.train), cfg.batch_size, torch.Generator()))
     ema = None
     if cfg.ema_decay:
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
     lookahead = None
     if cfg.lookahead_every:
-        lookahead = Lookahead(model, cfg.lookahead_every, cfg.lookahead_decay, cfg.epochs * steps_per_epoch)
+        lookahead = Lookahead(model, cfg.lookahead_every, cfg.lookahead_decay, cfg.epochs * len(batches))
+    patience = cfg.early_stopping.patience if cfg.early_stopping.enabled else None
     state = TrainingState(
         model=model,
         optimizer=optimizer,
-        schedule=build_schedule(cfg.scheduler, optimizer, cfg.epochs, steps_per_epoch),
-        scaler=precision.grad_scaler(),
-        tracker=BestTracker(
-            cfg.monitor,
-            cfg.early_stopping.min_delta,
-            cfg.early_stopping.patience if cfg.early_stopping.enabled else None,
-        ),
+        schedule=build_schedule(cfg.scheduler, optimizer, cfg.epochs, len(batches)),
+        scaler=runtime.precision.grad_scaler(),
+        tracker=BestTracker(cfg.monitor, cfg.early_stopping.min_delta, patience),
         generators=generators,
         config=OmegaConf.to_container(cfg, resolve=True),
         ema=ema,
         lookahead=lookahead,
     )
-    step = Step(
-        model=forward,
+    step = TrainingStep(
+        forward=forward,
         optimizer=optimizer,
         schedule=state.schedule,
         scaler=state.scaler,
-        precision=precision,
-        augment=instantiate(cfg.augmentation),
-        normalize=normalize,
+        precision=runtime.precision,
         batch_mix=BatchMix(cfg.mixup_alpha, cfg.cutmix_alpha, len(CLASSES)),
         label_smoothing=cfg.label_smoothing,
         grad_clip=cfg.grad_clip,
         ema=ema,
         lookahead=lookahead,
     )
-    return state, step
+    return state, step, batches
 
 
 def run_epochs(
-    cfg: DictConfig, state: TrainingState, step: Step, splits: DataSplits, run_dir: Path, world: World, logger
+    cfg: DictConfig,
+    state: TrainingState,
+    step: TrainingStep,
+    batches: Batches,
+    val: Split,
+    run_dir: Path,
+    runtime: Runtime,
+    logger: Any,
 ) -> str | None:
     """Train, validate and checkpoint each remaining epoch; returns why training stopped early, if it did.
 
     Every rank validates the same weights (state.sync_ranks) and takes rank 0's numbers, so the
     schedule, the best epoch and early stopping decide alike on all of them."""
-    device = splits.train.labels.device
+    world = runtime.world
     epochs_bar = tqdm(range(state.epoch + 1, cfg.epochs + 1), desc="epochs", disable=not cfg.progress)
     with StopRequest() as stop:
         for epoch in epochs_bar:
             lr = step.optimizer.param_groups[0]["lr"]
             tic = time.perf_counter()
+            batches.epoch = epoch
             try:
-                train_loss, train_acc = train_one_epoch(
-                    step,
-                    splits.train,
-                    cfg.batch_size,
-                    state.generators.shuffle,
-                    state.generators.augment,
-                    cfg.progress,
-                    stop,
-                    world,
-                    epoch,
-                )
+                train_loss, train_acc = train_one_epoch(step, batches, cfg.progress, stop, world)
             except TrainingStopped as stopped:
                 stopped.args = (f"epoch {epoch}: {stopped}",)
                 if world.is_main:
@@ -358,8 +318,8 @@ def run_epochs(
                 raise
             train_seconds = time.perf_counter() - tic
             state.sync_ranks(world)
-            val = evaluate(state.evaluated, splits.val, step.normalize, step.precision, cfg.eval_batch_size)
-            val_loss, val_acc = distributed.main_rank_numbers([val.loss, val.accuracy], device, world)
+            result = evaluate(state.evaluated, val, batches.normalize, runtime.precision, cfg.eval_batch_size)
+            val_loss, val_acc = distributed.main_rank_numbers([result.loss, result.accuracy], runtime.device, world)
             step.schedule.after_epoch(val_loss)
             row = {
                 "epoch": epoch,
@@ -395,34 +355,53 @@ def run_epochs(
     return None
 
 
-@dataclass
-class FinalTest:
-    result: EvalResult
-    epoch: int  # the epoch whose weights were tested
-    without_tta: dict | None  # the same weights without test-time augmentation
-
-
-def final_test(cfg: DictConfig, state: TrainingState, step: Step, splits: DataSplits) -> FinalTest:
-    """The test set, read once: the weights `test_weights` names (state.weights_to_test), with `tta`."""
+def final_test(
+    cfg: DictConfig, state: TrainingState, test: Split, normalize: Normalize, precision: Precision
+) -> tuple[EvalResult, dict | None]:
+    """The test set, read once: the weights `test_weights` names (state.weights_to_test) with `tta`,
+    and the same weights without test-time augmentation when `tta` is on."""
     if state.lookahead is not None:
         state.lookahead.finish()  # a no-op after the last step; after early stopping it matters
     state.evaluated.load_state_dict(weights_to_test(state.weights(), cfg.test_weights))
-    epoch = state.tracker.best_epoch if cfg.test_weights == "best" else state.epoch
-    test = evaluate(state.evaluated, splits.test, step.normalize, step.precision, cfg.eval_batch_size, cfg.tta)
+    result = evaluate(state.evaluated, test, normalize, precision, cfg.eval_batch_size, cfg.tta)
     log.info(
         "test (%s weights, epoch %d, tta %s): loss %.4f acc %.2f%%",
         cfg.test_weights,
-        epoch,
+        state.tested_epoch(cfg.test_weights),
         cfg.tta,
-        test.loss,
-        test.accuracy,
+        result.loss,
+        result.accuracy,
     )
-    without_tta = None
-    if cfg.tta != "none":  # what the augmentation at test time adds, measured on the same weights
-        plain = evaluate(state.evaluated, splits.test, step.normalize, step.precision, cfg.eval_batch_size)
-        without_tta = {"loss": plain.loss, "accuracy": plain.accuracy}
-        log.info("test without tta: loss %.4f acc %.2f%%", plain.loss, plain.accuracy)
-    return FinalTest(test, epoch, without_tta)
+    if cfg.tta == "none":
+        return result, None
+    plain = evaluate(state.evaluated, test, normalize, precision, cfg.eval_batch_size)
+    log.info("test without tta: loss %.4f acc %.2f%%", plain.loss, plain.accuracy)
+    return result, {"loss": plain.loss, "accuracy": plain.accuracy}
+
+
+def run_record(cfg: DictConfig, state: TrainingState, splits: DataSplits, runtime: Runtime) -> dict:
+    """What metrics.json says about how the run was made, beside its numbers."""
+    total, trainable = count_parameters(state.model)
+    return {
+        "status": "completed",
+        "monitor": cfg.monitor,
+        "best_epoch": state.tracker.best_epoch,
+        "test_weights": cfg.test_weights,
+        "test_weights_epoch": state.tested_epoch(cfg.test_weights),
+        "ema": bool(cfg.ema_decay),
+        "lookahead": bool(cfg.lookahead_every),
+        "tta": cfg.tta,
+        "val_is_test": splits.val_is_test,
+        "data_sizes": {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)},
+        "params": {"total": total, "trainable": trainable},
+        "device": str(runtime.device),
+        "precision": runtime.precision.name,
+        "channels_last": bool(cfg.channels_last),
+        "deterministic": bool(cfg.deterministic),
+        "processes": runtime.world.size,
+        "seed": cfg.seed,
+        "versions": versions(),
+    }
 
 
 def place_model(model: nn.Module, cfg: DictConfig, device: torch.device, world: World) -> tuple[nn.Module, nn.Module]:
@@ -456,12 +435,6 @@ def restore(state: TrainingState, checkpoint: dict, run_dir: Path) -> None:
     for note in notes:
         log.warning("resume: %s", note)
     log.info("resumed %s after epoch %d", run_dir, state.epoch)
-
-
-def unwrap(module: nn.Module) -> nn.Module:
-    """The model inside torch.compile and DistributedDataParallel wrappers."""
-    module = getattr(module, "_orig_mod", module)
-    return getattr(module, "module", module) if isinstance(module, DistributedDataParallel) else module
 
 
 def record_stop(run_dir: Path, stopped: TrainingStopped, history: list[dict]) -> None:

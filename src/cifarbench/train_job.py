@@ -19,7 +19,6 @@ from cifarbench.config import register_resolvers
 from cifarbench.errors import TrainingStopped, UserError
 from cifarbench.state import load_checkpoint
 from cifarbench.train import fit
-from cifarbench.validate import check_config
 
 log = logging.getLogger("cifarbench")
 SCRATCH_PREFIX = "cifarbench-rank"  # torchrun workers' scratch run dirs (cli.distributed_overrides)
@@ -37,8 +36,8 @@ def train_job(cfg: DictConfig) -> float | None:
             resume = load_checkpoint(Path(cfg.resume) / "checkpoints" / "last.pt")
             cfg = continue_with(resume["config"], cfg)
         else:
+            # checked once, by cli.train before Hydra started: every job of a sweep, before the first ran
             OmegaConf.resolve(cfg)  # the saved config says what ran, not how it was computed
-            check_config(cfg)
             OmegaConf.save(cfg, run_dir / "config.yaml")
         set_threads(cfg)
         return fit(cfg, run_dir, resume)["test"]["accuracy"]

@@ -19,7 +19,17 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from cifarbench.config import GROUPS, config_dir, group_options, register_resolvers
-from cifarbench.errors import UserError
+from cifarbench.errors import UserError, show
+from cifarbench.options import (
+    DEVICES,
+    FLIPS,
+    MONITORS,
+    NORMALIZATIONS,
+    PADDING_MODES,
+    PRECISIONS,
+    TEST_WEIGHTS,
+    TTA_LEVELS,
+)
 
 NUM_CLASSES = 10
 
@@ -32,27 +42,34 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-# key -> (test, what is allowed). Keys absent from a config (e.g. model.dropout) are not checked.
+def one_of(allowed: tuple) -> tuple[Callable[[Any], bool], str]:
+    """The rule for a value from a list (options.py); True is not 1 here, as YAML tells them apart."""
+    shown = ", ".join(show(a) for a in allowed)
+    return (lambda v: any(v == a and type(v) is type(a) for a in allowed), f"one of {shown}")
+
+
+# key -> (test, what is allowed); lists of values come from options.py. Keys absent from a config
+# (e.g. model.dropout) are not checked.
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "epochs": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "batch_size": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "eval_batch_size": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "seed": (_is_int, "an integer"),
     "threads": (lambda v: v is None or (_is_int(v) and v >= 1), "null or an integer >= 1"),
-    "device": (lambda v: v in ("auto", "cpu", "cuda", "mps"), "one of auto, cpu, cuda, mps"),
-    "precision": (lambda v: v in ("auto", "fp32", "bf16", "fp16"), "one of auto, fp32, bf16, fp16"),
-    "test_weights": (lambda v: v in ("best", "last"), "best or last"),
+    "device": one_of(DEVICES),
+    "precision": one_of(PRECISIONS),
+    "test_weights": one_of(TEST_WEIGHTS),
     "compile": (lambda v: isinstance(v, bool), "true or false"),
     "channels_last": (lambda v: isinstance(v, bool), "true or false"),
     "deterministic": (lambda v: isinstance(v, bool), "true or false"),
     "progress": (lambda v: isinstance(v, bool), "true or false"),
-    "monitor": (lambda v: v in ("val_acc", "val_loss"), "val_acc or val_loss"),
+    "monitor": one_of(MONITORS),
     "label_smoothing": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
     "grad_clip": (lambda v: v is None or (_is_number(v) and v > 0), "null or a number > 0"),
     "ema_decay": (lambda v: v is None or (_is_number(v) and 0 < v < 1), "null or a number in (0, 1)"),
     "lookahead_every": (lambda v: v is None or (_is_int(v) and v >= 1), "null or an integer >= 1"),
     "lookahead_decay": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
-    "tta": (lambda v: v in ("none", "flip", "flip_translate"), "one of none, flip, flip_translate"),
+    "tta": one_of(TTA_LEVELS),
     "mixup_alpha": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
     "cutmix_alpha": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
     "early_stopping.patience": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
@@ -65,8 +82,8 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "optimizer.weight_decay": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
     "optimizer.momentum": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
     "optimizer.norm_lr_scale": (lambda v: _is_number(v) and v > 0, "a number > 0"),
-    "augmentation.flip": (lambda v: v in (True, False, "alternating"), "true, false or alternating"),
-    "augmentation.padding_mode": (lambda v: v in ("zeros", "reflect"), "zeros or reflect"),
+    "augmentation.flip": one_of(FLIPS),
+    "augmentation.padding_mode": one_of(PADDING_MODES),
     "data.val_size": (
         lambda v: _is_int(v) and v >= 0 and v % NUM_CLASSES == 0,
         f"an integer >= 0 and a multiple of {NUM_CLASSES} (class-balanced)",
@@ -79,7 +96,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
         lambda v: v is None or (_is_int(v) and v >= NUM_CLASSES and v % NUM_CLASSES == 0),
         f"null or a positive multiple of {NUM_CLASSES} (class-balanced)",
     ),
-    "data.normalization": (lambda v: v in ("cifar10", "half", "unit"), "one of cifar10, half, unit"),
+    "data.normalization": one_of(NORMALIZATIONS),
 }
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from cifarbench.data.cache import cache_path, read_cache, write_cache
+from cifarbench.data.loader import Batches, batch_indices
 from cifarbench.data.normalize import Normalize
 from cifarbench.data.sources import CLASSES, RawSplit, describe, download, load_source, warn_if_nonstandard
 from cifarbench.data.splits import DataSplits, Split, make_splits
@@ -15,7 +16,17 @@ from cifarbench.errors import UserError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CLASSES", "DataSplits", "Normalize", "Split", "import_data", "load_cifar10", "make_splits"]
+__all__ = [
+    "CLASSES",
+    "Batches",
+    "DataSplits",
+    "Normalize",
+    "Split",
+    "batch_indices",
+    "import_data",
+    "load_cifar10",
+    "make_splits",
+]
 
 
 def import_data(source: Path, root: Path) -> tuple[Path, str]:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from cifarbench.errors import UserError
+from cifarbench.errors import check_choice
+from cifarbench.options import NORMALIZATIONS
 
 MEAN_STD = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
@@ -17,8 +18,7 @@ class Normalize:
     """(x / 255 - mean) / std folded into one multiply-add per element: x * scale + shift."""
 
     def __init__(self, name: str, device: torch.device, channels_last: bool = True) -> None:
-        if name not in MEAN_STD:
-            raise UserError(f"data.normalization={name!r} is not known; choose one of {', '.join(MEAN_STD)}")
+        check_choice("data.normalization", name, NORMALIZATIONS)
         mean, std = (torch.tensor(v, dtype=torch.float32, device=device).view(1, 3, 1, 1) for v in MEAN_STD[name])
         self.name = name
         self.scale = 1.0 / (255.0 * std)

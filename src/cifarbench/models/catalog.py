@@ -58,10 +58,16 @@ def format_catalog(rows: list[dict]) -> str:
 
     header = ("model", "head", "params", "trainable", "trainable (freeze=backbone)", "report")
     table = [header] + [
-        (r["model"], r["head"], millions(r["total"]), millions(r["trainable"]),
-         millions(r["frozen_backbone_trainable"], 3), r["reported"])
+        (
+            r["model"],
+            r["head"],
+            millions(r["total"]),
+            millions(r["trainable"]),
+            millions(r["frozen_backbone_trainable"], 3),
+            r["reported"],
+        )
         for r in rows
-    ]  # fmt: skip
+    ]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in table]
     lines.insert(1, "  ".join("-" * w for w in widths))

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from cifarbench.errors import UserError
+from cifarbench.errors import UserError, check_choice
 from cifarbench.models.student import StudentTop
 
 ARCHS = ("resnet18", "resnet50", "vgg16", "efficientnet_b0", "densenet121", "densenet161", "inception_v3")
@@ -67,8 +67,7 @@ def torchvision_model(
     num_classes: int = 10,
 ) -> TransferModel:
     for key, value, allowed in (("arch", arch, ARCHS), ("head", head, HEADS), ("freeze", freeze, FREEZES)):
-        if value not in allowed:
-            raise UserError(f"model.{key}={value!r} is not known; choose one of {', '.join(allowed)}")
+        check_choice(f"model.{key}", value, allowed)
     if arch == "inception_v3" and input_size < 75:
         raise UserError(f"model.input_size={input_size} is too small for inception_v3: it needs at least 75")
     net = _load_backbone(arch, str(weights))

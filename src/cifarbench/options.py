@@ -1,0 +1,16 @@
+"""The allowed values of every config option that takes one of a list, in one place.
+
+The modules that use a value check it against these lists, and so does the config check that runs
+before anything else (validate.py); this module imports nothing, so that check stays fast.
+"""
+
+DEVICES = ("auto", "cpu", "cuda", "mps")  # runtime.select_device
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # runtime.select_precision
+TEST_WEIGHTS = ("best", "last")  # state.weights_to_test: the best epoch's by validation, or the final ones
+MONITORS = ("val_loss", "val_acc")  # stopping.BestTracker: what "best" means
+TTA_LEVELS = ("none", "flip", "flip_translate")  # augmentation.tta_views
+FLIPS = (True, False, "alternating")  # augmentation.FlipCrop
+PADDING_MODES = ("zeros", "reflect")  # augmentation.FlipCrop
+POLICIES = ("autoaugment", "randaugment", "trivialaugment")  # augmentation.TorchvisionPolicy
+NORMALIZATIONS = ("cifar10", "half", "unit")  # data.normalize.MEAN_STD
+INTERVALS = ("epoch", "step")  # schedulers: when a schedule steps
