@@ -12,8 +12,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 from PIL import Image
 
+from cifarbench.config import config_dir
 from cifarbench.inference import evaluate_run
 from conftest import SMOKE, cli
 
@@ -219,3 +222,73 @@ def test_a_sweep_over_presets(tmp_path: Path, run_env: dict) -> None:
     (sweep_dir,) = (tmp_path / "outputs" / "multirun").iterdir()
     rows = read_csv(sweep_dir / "summary.csv")
     assert [(r["experiment"], r["status"]) for r in rows] == [("r002_cnn3", "completed"), ("r002_fc2", "completed")]
+
+
+# --- the reports' figures beside the measured ones, seeds aggregated ----------------------------
+
+
+@pytest.fixture(scope="module")
+def two_presets_two_seeds(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> Path:
+    """r004_kerascnn (its report gives 80.75% test accuracy) and r002_fc2 (its report gives no
+    figure), each with seeds 0 and 1: two recipes of two runs."""
+    cwd = tmp_path_factory.mktemp("presets")
+    tiny = [*(o for o in SMOKE if not o.startswith("batch_size")), "epochs=1", "data.train_subset=100", "name=pair"]
+    cli("train", "-m", *tiny, "experiment=r004_kerascnn,r002_fc2", "seed=0,1", cwd=cwd,
+        env={"CIFARBENCH_DATA": str(data_root)})  # fmt: skip
+    (sweep_dir,) = (cwd / "outputs" / "pair").iterdir()
+    return sweep_dir
+
+
+def test_report_shows_the_reported_figure_beside_the_measured_one(two_presets_two_seeds: Path, tmp_path: Path) -> None:
+    cli("report", str(two_presets_two_seeds), "--out", str(tmp_path), cwd=tmp_path)
+    runs = read_csv(tmp_path / "report.csv")
+    assert len(runs) == 4  # the per-seed rows stay available
+    for row in runs:
+        if row["Preset"] == "r004_kerascnn":
+            assert (row["Reported metric"], row["Reported (%)"], row["Reported in"]) == (
+                "test_acc",
+                "80.75",
+                "004 Table 1",
+            )
+            assert float(row["Measured (%)"]) == float(row["Test accuracy (%)"])
+            assert float(row["Difference (points)"]) == pytest.approx(float(row["Measured (%)"]) - 80.75, abs=0.011)
+        else:
+            assert row["Preset"] == "r002_fc2"
+            assert row["Reported (%)"] == row["Measured (%)"] == row["Difference (points)"] == ""  # empty, not 0
+    report = (tmp_path / "report.md").read_text()
+    fc2_line = next(line for line in report.splitlines() if line.startswith("| r002_fc2 "))
+    assert "| 0 |" not in fc2_line.replace("| 0, 1 |", "")
+
+
+def test_runs_that_differ_only_in_their_seed_are_one_row(two_presets_two_seeds: Path, tmp_path: Path) -> None:
+    cli("report", str(two_presets_two_seeds), "--out", str(tmp_path), cwd=tmp_path)
+    runs = read_csv(tmp_path / "report.csv")
+    recipes = {row["recipe"].split()[0]: row for row in read_csv(tmp_path / "recipes.csv")}
+    assert set(recipes) == {"r004_kerascnn", "r002_fc2"}  # labels: the preset, then the overrides
+    for name, recipe in recipes.items():
+        accuracies = [float(r["Test accuracy (%)"]) for r in runs if r["Preset"] == name]
+        assert recipe["n"] == "2" and recipe["seeds"] == "0, 1"
+        assert float(recipe["test_acc_mean"]) == pytest.approx(sum(accuracies) / 2, abs=1e-3)
+        expected_sd = abs(accuracies[0] - accuracies[1]) / 2**0.5  # the sample sd of two values
+        assert float(recipe["test_acc_sd"]) == pytest.approx(expected_sd, abs=1e-3)
+    markdown = (tmp_path / "report.md").read_text()
+    assert re.search(
+        r"^\| r004_kerascnn [^|]*\| kerascnn \| 2 \| 0, 1 \| 1\.0 \| \d+\.\d\d ± \d+\.\d\d \|", markdown, re.M
+    )
+    summary = (two_presets_two_seeds / "summary.md").read_text()
+    assert "## Seeds aggregated" in summary
+    assert re.search(r"^\| r002_fc2 [^|]*\| fc2 \| 2 \| 0, 1 \|", summary, re.M)
+
+
+def test_a_grid_job_is_compared_with_its_own_cell_of_the_table() -> None:
+    from cifarbench.runs import Run
+
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        table2 = compose("config", overrides=["experiment=r004_table2", "model.dropout=0.4", "batch_size=128"])
+        table1 = compose("config", overrides=["experiment=r004_kerascnn"])  # batch 64, dropout 0.3: not the grid
+    config = OmegaConf.to_container(table2, resolve=True)
+    figure = {"metric": "test_acc", "value": 85.1, "source": "004 Table 2", "note": None}
+    assert Run(Path("x"), "completed", config=config).reported == figure
+    config["batch_size"] = 32  # no cell of Table 2, and the grid's preset has no figure of its own
+    assert Run(Path("x"), "completed", config=config).reported is None
+    assert Run(Path("x"), "completed", config=OmegaConf.to_container(table1)).reported["value"] == 80.75

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import sys
 import tempfile
 from collections.abc import Callable
@@ -102,8 +103,12 @@ def report_command(args: list[str]) -> int:
     parser.add_argument("--out", type=Path, default=Path("report"), help="folder for the report (default ./report)")
     parser.add_argument("--sort", default="test_acc", choices=list(COLUMNS), help="column to sort by")
     parser.add_argument("--ascending", action="store_true", help="smallest first (default: largest first)")
+    parser.add_argument(
+        "--md", type=Path, help="write only the two tables, as one markdown file (e.g. docs/results.md)"
+    )
     ns = parser.parse_args(args)
-    for path in write_report(ns.paths, ns.out, ns.sort, not ns.ascending):
+    command = shlex.join(["cifarbench", "report", *args])
+    for path in write_report(ns.paths, ns.out, ns.sort, not ns.ascending, ns.md, command):
         print(path)
     return 0
 

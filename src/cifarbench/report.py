@@ -9,7 +9,9 @@ import base64
 import csv
 import html
 import os
+import statistics
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +23,27 @@ import matplotlib.pyplot as plt
 from cifarbench.errors import UserError
 from cifarbench.runs import Run, find_runs
 
-# Column name -> how to get it from a run. The shape of 000's Table 1, plus F1, status and the run.
+
+def _reported(run: Run, key: str) -> Any:
+    figure = run.reported
+    return None if figure is None else figure.get(key)
+
+
+def _measured(run: Run) -> float | None:
+    figure = run.reported
+    return None if figure is None else _round(run.measured(figure["metric"]))
+
+
+def _difference(run: Run) -> float | None:
+    measured, reported = _measured(run), _reported(run, "value")
+    return None if measured is None or reported is None else round(measured - reported, 2)
+
+
+# Column name -> how to get it from a run. The shape of 000's Table 1, then the report's own figure
+# beside the measured one (the same metric: test or validation accuracy), F1, status and the run.
 COLUMNS: dict[str, Any] = {
     "model": lambda r: r.model,
+    "preset": lambda r: r.preset,
     "params_m": lambda r: _round(r.metrics.get("params", {}).get("total", None), 1e6, 2),
     "epochs": lambda r: r.metrics.get("epochs_run", len(r.history) or None),
     "train_acc": lambda r: _round(r.metrics.get("train", {}).get("accuracy")),
@@ -31,7 +51,15 @@ COLUMNS: dict[str, Any] = {
     "test_error": lambda r: _round(r.test("error")),
     "median_epoch_s": lambda r: _round(r.metrics.get("median_epoch_seconds"), 1, 1),
     "fine_tuned": lambda r: "Y" if r.pretrained else "N",
+    "reported_metric": lambda r: _reported(r, "metric"),
+    "reported": lambda r: _reported(r, "value"),
+    "measured": _measured,
+    "difference": _difference,
+    "source": lambda r: _reported(r, "source"),
+    "minutes": lambda r: _round(r.minutes, 1, 1),
+    "hardware": lambda r: r.hardware,
     "f1_macro": lambda r: _round(r.test("f1_macro"), 1, 4),
+    "seed": lambda r: r.config.get("seed"),
     "status": lambda r: r.status,
     "run": lambda r: str(r.path),
 }
@@ -44,6 +72,15 @@ HEADERS = {
     "test_error": "Test error (%)",
     "median_epoch_s": "Median epoch time (s)",
     "fine_tuned": "Fine-tuned",
+    "preset": "Preset",
+    "reported_metric": "Reported metric",
+    "reported": "Reported (%)",
+    "measured": "Measured (%)",
+    "difference": "Difference (points)",
+    "source": "Reported in",
+    "minutes": "Minutes",
+    "hardware": "Hardware",
+    "seed": "Seed",
     "f1_macro": "F1 macro",
     "status": "Status",
     "run": "Run",
@@ -83,6 +120,136 @@ def table(runs: list[Run], sort: str, descending: bool) -> list[list[Any]]:
     return sorted(present, key=lambda r: r[index], reverse=descending) + missing
 
 
+@dataclass(frozen=True)
+class Spread:
+    """Mean, sample standard deviation and count of one figure over the seeds of a recipe."""
+
+    mean: float
+    sd: float | None
+    n: int
+
+    def __str__(self) -> str:
+        return f"{self.mean:.2f}" if self.sd is None else f"{self.mean:.2f} ± {self.sd:.2f}"
+
+
+def spread(values: Sequence[float | None]) -> Spread | None:
+    present = [v for v in values if v is not None]
+    if not present:
+        return None
+    return Spread(statistics.fmean(present), statistics.stdev(present) if len(present) > 1 else None, len(present))
+
+
+RECIPE_HEADERS = [
+    "Recipe",
+    "Model",
+    "n",
+    "Seeds",
+    "Epochs",
+    "Test accuracy (%)",
+    "Reported metric",
+    "Reported (%)",
+    "Measured (%)",
+    "Difference (points)",
+    "Reported in",
+    "Minutes",
+    "Hardware",
+    "Status",
+    "Note",
+]
+OFF_BY = 3.0  # points between the measured and the reported figure from which a row shows its note
+
+
+def recipes(runs: list[Run]) -> list[dict[str, Any]]:
+    """One entry per recipe: runs that differ only in their seed are one row, their figures as
+    mean ± sd over the completed ones (n), in order of the recipe's label."""
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(run.recipe, []).append(run)
+    entries = []
+    for members in groups.values():
+        done = [r for r in members if r.status == "completed"]
+        first = members[0]
+        reported = first.reported
+        measured = spread([r.measured(reported["metric"]) for r in done]) if reported else None
+        difference = None if measured is None else round(measured.mean - reported["value"], 2)
+        statuses = {
+            status: sum(r.status == status for r in members) for status in dict.fromkeys(r.status for r in members)
+        }
+        entries.append(
+            {
+                "recipe": first.label,
+                "model": first.model,
+                "n": len(done),
+                "seeds": ", ".join(
+                    str(r.config.get("seed")) for r in sorted(done, key=lambda r: r.config.get("seed", 0))
+                ),
+                "epochs": spread([r.metrics.get("epochs_run") for r in done]),
+                "test_acc": spread([r.test("accuracy") for r in done]),
+                "reported_metric": reported and reported["metric"],
+                "reported": reported and reported["value"],
+                "measured": measured,
+                "difference": difference,
+                "source": reported and reported["source"],
+                "minutes": spread([r.minutes for r in done]),
+                "hardware": "; ".join(dict.fromkeys(r.hardware for r in done if r.hardware)) or None,
+                "status": ", ".join(f"{count} {status}" for status, count in statuses.items()),
+                "note": reported.get("note")
+                if reported and difference is not None and abs(difference) > OFF_BY
+                else None,
+            }
+        )
+    return sorted(entries, key=lambda e: e["recipe"])
+
+
+def recipe_table(entries: list[dict[str, Any]]) -> list[list[Any]]:
+    """Rows for markdown and HTML: spreads as 'mean ± sd', epochs and minutes as means."""
+
+    def show(value: Any, digits: int = 2) -> Any:
+        if isinstance(value, Spread):
+            return str(value) if digits == 2 else round(value.mean, digits)
+        return value
+
+    return [
+        [
+            e["recipe"],
+            e["model"],
+            e["n"],
+            e["seeds"],
+            show(e["epochs"], 1),
+            show(e["test_acc"]),
+            e["reported_metric"],
+            e["reported"],
+            show(e["measured"]),
+            e["difference"],
+            e["source"],
+            show(e["minutes"], 1),
+            e["hardware"],
+            e["status"],
+            e["note"],
+        ]
+        for e in entries
+    ]
+
+
+def write_recipes_csv(path: Path, entries: list[dict[str, Any]]) -> None:
+    """The seeds-aggregated table with each spread as its own mean, sd columns."""
+    spreads = ("epochs", "test_acc", "measured", "minutes")
+    headers = [k for k in entries[0] if k not in spreads] if entries else []
+    headers += [f"{k}_{part}" for k in spreads for part in ("mean", "sd")]
+    rows = []
+    for e in entries:
+        row = [e[k] for k in headers if k in e]
+        for k in spreads:
+            value = e[k]
+            row += (
+                [None, None]
+                if value is None
+                else [round(value.mean, 4), None if value.sd is None else round(value.sd, 4)]
+            )
+        rows.append(row)
+    write_csv(path, headers, rows)
+
+
 def plot_overlaid_curves(runs: list[Run], path: Path) -> None:
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(13, 5))
     for run in runs:
@@ -120,21 +287,30 @@ document.querySelectorAll("th").forEach((th, col) => th.addEventListener("click"
 """
 
 
-def write_html(path: Path, runs: list[Run], rows: list[list[Any]], curves: Path, heatmaps: list[Path]) -> None:
-    head = "".join(f"<th>{html.escape(HEADERS[c])}</th>" for c in COLUMNS)
+def _html_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], status_column: int) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
     body = "".join(
-        "<tr class='{}'>".format(html.escape(str(row[list(COLUMNS).index("status")])))
+        f"<tr class='{html.escape(str(row[status_column]))}'>"
         + "".join(f"<td>{'-' if v is None else html.escape(str(v))}</td>" for v in row)
         + "</tr>"
         for row in rows
     )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def write_html(
+    path: Path, runs: list[Run], rows: list[list[Any]], recipe_rows: list[list[Any]], curves: Path, heatmaps: list[Path]
+) -> None:
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>cifarbench report</title><style>",
         "body{font-family:sans-serif;margin:2em} table{border-collapse:collapse} td,th{border:1px solid #ccc;",
         "padding:4px 8px} th{cursor:pointer;background:#eee} tr.failed,tr.diverged{background:#fdd}",
         "tr.unfinished,tr.interrupted{background:#ffd} img{max-width:100%}</style></head><body>",
         f"<h1>cifarbench report: {len(runs)} runs</h1><p>Click a column header to sort.</p>",
-        f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>",
+        "<h2>Recipes (seeds aggregated: mean ± sd over n completed runs)</h2>",
+        _html_table(RECIPE_HEADERS, recipe_rows, RECIPE_HEADERS.index("Status")),
+        "<h2>Runs</h2>",
+        _html_table([HEADERS[c] for c in COLUMNS], rows, list(COLUMNS).index("status")),
         "<h2>Validation curves</h2>",
         _embed(curves),
     ]
@@ -149,7 +325,29 @@ def write_html(path: Path, runs: list[Run], rows: list[list[Any]], curves: Path,
     path.write_text("\n".join(parts))
 
 
-def write_report(paths: list[Path], out: Path, sort: str = "test_acc", descending: bool = True) -> list[Path]:
+def report_markdown(runs: list[Run], rows: list[list[Any]], command: str) -> str:
+    """Both tables: the recipes (seeds aggregated), then every run."""
+    entries = recipes(runs)
+    return (
+        f"Generated by `{command}`.\n\n"
+        f"## Recipes\n\nRuns that differ only in their seed are one row: mean ± sd over the n completed runs. "
+        f"'Measured' is the figure the report gives (test accuracy, or the validation accuracy of the "
+        f"tested epoch); 'Difference' is measured minus reported. A note explains rows more than "
+        f"{OFF_BY:g} points off.\n\n"
+        + markdown_table(RECIPE_HEADERS, recipe_table(entries))
+        + "\n## Runs\n\n"
+        + markdown_table([HEADERS[c] for c in COLUMNS], rows)
+    )
+
+
+def write_report(
+    paths: list[Path],
+    out: Path,
+    sort: str = "test_acc",
+    descending: bool = True,
+    markdown: Path | None = None,
+    command: str = "cifarbench report",
+) -> list[Path]:
     for path in paths:
         if not path.exists():
             raise UserError(f"{path} does not exist")
@@ -157,11 +355,16 @@ def write_report(paths: list[Path], out: Path, sort: str = "test_acc", descendin
     if not runs:
         raise UserError(f"no run directories under {', '.join(map(str, paths))}")
     rows = table(runs, sort, descending)
+    text = report_markdown(runs, rows, command)
+    if markdown is not None:  # only the tables, e.g. docs/results.md
+        markdown.parent.mkdir(parents=True, exist_ok=True)
+        markdown.write_text(text)
+        return [markdown]
     out.mkdir(parents=True, exist_ok=True)
-    headers = [HEADERS[c] for c in COLUMNS]
-    (out / "report.md").write_text(markdown_table(headers, rows))
-    write_csv(out / "report.csv", headers, rows)
+    (out / "report.md").write_text(text)
+    write_csv(out / "report.csv", [HEADERS[c] for c in COLUMNS], rows)
+    write_recipes_csv(out / "recipes.csv", recipes(runs))
     plot_overlaid_curves(runs, out / "curves.png")
     heatmaps = sorted({h for p in paths for h in ([p / "heatmap.png", *list(p.rglob("heatmap.png"))]) if h.is_file()})
-    write_html(out / "report.html", runs, rows, out / "curves.png", heatmaps)
-    return [out / name for name in ("report.md", "report.csv", "curves.png", "report.html")]
+    write_html(out / "report.html", runs, rows, recipe_table(recipes(runs)), out / "curves.png", heatmaps)
+    return [out / name for name in ("report.md", "report.csv", "recipes.csv", "curves.png", "report.html")]

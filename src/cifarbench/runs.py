@@ -50,6 +50,92 @@ class Run:
     def test(self, key: str) -> float | None:
         return self.metrics.get("test", {}).get(key)
 
+    @property
+    def preset(self) -> str | None:
+        chosen = self.choices.get("experiment")
+        return None if chosen in (None, "None", "null") else chosen
+
+    @property
+    def reported(self) -> dict[str, Any] | None:
+        """The report's own figure for this run's recipe ({metric, value, source[, note]}): the
+        preset's `reported`, or the cell of it whose `when` the run's config matches (e.g. one
+        cell of 004's Table 2 for a job of the grid sweep). None where the report gives none."""
+        reported = self.config.get("reported")
+        if not isinstance(reported, dict):
+            return None
+        figure = {k: reported.get(k) for k in ("metric", "value", "source", "note")}
+        for cell in reported.get("cells") or []:
+            if _matches(self.config, cell.get("when", {})):
+                figure.update({k: v for k, v in cell.items() if k != "when"})
+        return figure if figure["value"] is not None else None
+
+    def measured(self, metric: str) -> float | None:
+        """This run's figure of the kind a report gives: test accuracy, or the validation accuracy
+        of the epoch whose weights the run tested."""
+        if metric == "test_acc":
+            return self.test("accuracy")
+        if metric == "val_acc":
+            epoch = self.metrics.get("test_weights_epoch")
+            rows = [row for row in self.history if row.get("epoch") == epoch]
+            return rows[0].get("val_acc") if rows else None
+        return None
+
+    @property
+    def minutes(self) -> float | None:
+        """Training and validation time summed over the epochs (survives a resume, unlike wall time)."""
+        seconds = self.metrics.get("epoch_seconds")
+        return sum(seconds) / 60 if seconds else None
+
+    @property
+    def hardware(self) -> str | None:
+        versions = self.metrics.get("versions", {})
+        device = str(self.metrics.get("device", ""))
+        if device.startswith("cuda") and versions.get("gpu"):
+            return f"{versions['gpu']} ({self.metrics.get('precision')})"
+        cpu = versions.get("cpu")
+        return f"{cpu} ({self.metrics.get('precision')})" if cpu else None
+
+    @property
+    def recipe(self) -> str:
+        """What the run trained, seeds aside: runs with the same recipe differ only in their seed."""
+        config = {k: v for k, v in _flatten(self.config).items() if not _seed_or_location(k)}
+        return json.dumps(config, sort_keys=True, default=str)
+
+    @property
+    def label(self) -> str:
+        """A short name of the recipe: the preset (or run name) and its overrides, seeds aside."""
+        overrides = [o for o in self.key_overrides if not _seed_or_location(o.lstrip("+~").split("=", 1)[0])]
+        overrides = [o for o in overrides if not o.startswith(("experiment=", "name="))]
+        return " ".join([str(self.preset or self.config.get("name", self.model)), *overrides])
+
+
+def _matches(config: dict[str, Any], when: dict[str, Any]) -> bool:
+    for key, wanted in when.items():
+        value = config.get(key) if isinstance(config, dict) else None
+        if isinstance(wanted, dict):
+            if not isinstance(value, dict) or not _matches(value, wanted):
+                return False
+        elif value != wanted:
+            return False
+    return True
+
+
+def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _seed_or_location(key: str) -> bool:
+    """Keys that say which seed or where, not what was trained (`augmentation.flip_seed` follows `seed`)."""
+    return key.endswith("seed") or key.startswith(
+        (*LOCATION_KEYS, "resume", "name", "reported", "threads", "eval_batch")
+    )
+
 
 def is_run_dir(path: Path) -> bool:
     return (path / ".hydra" / "config.yaml").is_file() or (path / "metrics.json").is_file()

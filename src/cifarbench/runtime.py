@@ -125,4 +125,5 @@ def versions() -> dict[str, str]:
         "sklearn": sklearn.__version__,
         "cuda": str(torch.version.cuda),
         "cpu": cpu_description(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
     }

@@ -20,7 +20,15 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from cifarbench.artifacts import write_text_atomic
-from cifarbench.report import markdown_table, write_csv
+from cifarbench.report import (
+    RECIPE_HEADERS,
+    markdown_table,
+    recipe_table,
+    recipes,
+    spread,
+    write_csv,
+    write_recipes_csv,
+)
 from cifarbench.runs import Run, load_run
 
 
@@ -76,8 +84,12 @@ def write_summary(sweep_dir: Path) -> list[Run]:
     write_csv(sweep_dir / "summary.csv", headers, rows)
     text = f"# Sweep {sweep_dir}\n\n{len(runs)} jobs; swept: {', '.join(swept) or 'nothing'}\n\n"
     text += markdown_table(headers, [[_fmt(v) for v in row] for row in rows])
-    if len(swept) == 2:
-        text += "\n" + grid(sweep_dir, swept, values, runs)
+    if "seed" in swept:  # runs that differ only in their seed: one row, mean ± sd
+        entries = recipes(runs)
+        text += "\n## Seeds aggregated\n\n" + markdown_table(RECIPE_HEADERS, recipe_table(entries))
+        write_recipes_csv(sweep_dir / "summary_recipes.csv", entries)
+    if len([k for k in swept if k != "seed"]) == 2:
+        text += "\n" + grid(sweep_dir, [k for k in swept if k != "seed"], values, runs)
     write_text_atomic(sweep_dir / "summary.md", text)
     return runs
 
@@ -91,14 +103,16 @@ def grid(sweep_dir: Path, swept: list[str], values: list[dict[str, str]], runs: 
     first, second = swept
     firsts = sorted({v[first] for v in values}, key=_value)
     seconds = sorted({v[second] for v in values}, key=_value)
-    by_cell = {(v[first], v[second]): run for v, run in zip(values, runs, strict=True)}
+    by_cell: dict[tuple[str, str], list[Run]] = {}
+    for v, run in zip(values, runs, strict=True):
+        by_cell.setdefault((v[first], v[second]), []).append(run)
     rows, accuracy = [], np.full((len(firsts), len(seconds)), np.nan)
     for i, a in enumerate(firsts):
         for j, b in enumerate(seconds):
-            run = by_cell.get((a, b))
-            acc = run.test("accuracy") if run else None
-            loss = run.test("loss") if run else None
-            status = run.status if run else "not run"
+            cell = by_cell.get((a, b), [])  # several runs with seeds swept too: their mean
+            acc, loss = (spread([run.test(key) for run in cell]) for key in ("accuracy", "loss"))
+            acc, loss = (None if s is None else s.mean for s in (acc, loss))
+            status = cell[-1].status if cell else "not run"
             rows.append([a, b, status if acc is None else f"{acc:.2f}%", "-" if loss is None else f"{loss:.3f}"])
             if acc is not None:
                 accuracy[i, j] = acc
