@@ -51,7 +51,7 @@ class FlipCrop(Augmentation):
     seen both ways in any two consecutive epochs; false never flips.
 
     All crops of a padded image are one strided view (unfold, no copy); picking one window per image
-    is then a single gather of whole 32x32 planes, about 3x faster than indexing pixel by pixel.
+    is then a single gather of whole 32x32 planes rather than an index per pixel (docs/performance.md).
     """
 
     def __init__(
@@ -146,7 +146,7 @@ class TorchvisionPolicy(Augmentation):
     """torchvision's AutoAugment (CIFAR-10 policy), RandAugment or TrivialAugmentWide, applied image
     by image: a torchvision transform called on a whole batch would draw one operation for all of it.
 
-    The per-image loop costs Python time per image (about 0.1 ms); the draws come from torch's global
+    The per-image loop costs Python time per image (docs/performance.md); the draws come from torch's global
     generator, which `seed` also fixes.
     """
 

@@ -31,9 +31,8 @@ def select_device(name: str) -> torch.device:
 
 def cpu_bf16_units() -> str | None:
     """The CPU's hardware for bf16 math as torch detects it: "AMX", "AVX512-BF16", or None. Only with
-    one of them is bf16 autocast faster than fp32 on the CPU. Measured on a 3x3 conv, batch 128,
-    64->128 channels, forward+backward: on a Cascade Lake without either, bf16 is ~2.5x slower than
-    fp32; on an AMD EPYC (Zen 4) with AVX512-BF16, 1.6x faster (220 against 350 ms, channels_last)."""
+    one of them is bf16 autocast faster than fp32 on the CPU; without, it is slower (measured in
+    docs/performance.md, "bf16 against fp32 on one convolution")."""
     cpu = getattr(torch, "cpu", None)
     for unit, check in (("AMX", "_is_amx_tile_supported"), ("AVX512-BF16", "_is_avx512_bf16_supported")):
         if getattr(cpu, check, lambda: False)():
