@@ -191,3 +191,38 @@ def test_every_rank_takes_rank_0s_decisions(tmp_path: Path, run_env: dict) -> No
     assert rank0["weights"].keys() == rank1["weights"].keys()
     for name, tensor in rank0["weights"].items():
         assert torch.equal(tensor, rank1["weights"][name]), name
+
+
+def test_an_interrupted_grid_sweep_resumes_without_rerunning_finished_jobs(tmp_path: Path, run_env: dict) -> None:
+    """The same -m command with the same hydra.sweep.dir: finished jobs are kept as they are, the
+    interrupted one continues from its last.pt."""
+    sweep_dir = tmp_path / "grid"
+    command = ["cifarbench", "train", "-m", *SWEEP, "data.train_subset=500", "epochs=3", "name=grid",
+               f"hydra.sweep.dir={sweep_dir}", "seed=0,1"]  # fmt: skip
+    env = {**os.environ, **run_env}
+    first = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (sweep_dir / "1" / "history.csv").exists():  # job 0 done, job 1 past its first epoch
+        assert first.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    first.kill()
+    first.wait()
+    finished = (sweep_dir / "0" / "metrics.json").read_text()
+    done_before = len((sweep_dir / "1" / "history.csv").read_text().strip().splitlines()) - 1
+    assert json.loads(finished)["status"] == "completed" and done_before < 3
+
+    subprocess.run(command, cwd=tmp_path, env=env, check=True, capture_output=True, timeout=600)
+    assert (sweep_dir / "0" / "metrics.json").read_text() == finished  # not trained again
+    assert (
+        "finished in an earlier run of this sweep, with this config: skipped"
+        in (sweep_dir / "0" / "train.log").read_text()
+    )
+    resumed = json.loads((sweep_dir / "1" / "metrics.json").read_text())
+    assert resumed["status"] == "completed" and resumed["resumed"] is True and resumed["epochs_run"] == 3
+    rows = (sweep_dir / "summary.csv").read_text().splitlines()[1:]
+    assert [row.split(",")[2] for row in rows] == ["completed", "completed"]
+
+    changed = [*command[:-1], "seed=0", "epochs=2"]  # another config into the same directory: refused
+    result = subprocess.run(changed, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2 and "holds a finished job of another config" in result.stderr
+    assert (sweep_dir / "0" / "metrics.json").read_text() == finished  # its results are not overwritten

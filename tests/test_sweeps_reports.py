@@ -204,6 +204,18 @@ def test_mlflow_logger_writes_params_metrics_and_artifacts(tmp_path: Path, run_e
     assert {"metrics.json", "history.csv", "confusion_matrix.png"} <= artifacts
 
 
+def test_wandb_logger_writes_its_offline_run(tmp_path: Path, run_env: dict) -> None:
+    env = {**run_env, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    cli("train", *SMOKE, "epochs=2", "data.train_subset=100", "name=wb", "logger=wandb", cwd=tmp_path, env=env)
+    (run,) = (tmp_path / "outputs" / "wb").iterdir()
+    (offline,) = (run / "wandb").glob("offline-run-*")
+    (record,) = offline.glob("run-*.wandb")
+    data = record.read_bytes()  # W&B's own record file, synced later with `wandb sync`
+    assert all(key in data for key in (b"val_acc", b"train_loss", b"test_accuracy"))
+    images = {p.name.split("_2_")[0] for p in (offline / "files" / "media" / "images").glob("*.png")}
+    assert images == {"confusion_matrix", "curves"}
+
+
 def test_missing_logger_names_the_extra(tmp_path: Path, run_env: dict) -> None:
     blocker = tmp_path / "block"
     (blocker / "tensorboard").mkdir(parents=True)

@@ -105,3 +105,40 @@ class MLflowLogger:
             if (self.run_dir / name).is_file():
                 self.mlflow.log_artifact(str(self.run_dir / name))
         self.mlflow.end_run()
+
+
+class WandbLogger:
+    """Weights & Biases: the resolved config, metrics per epoch, the test metrics in the run summary,
+    the confusion matrix and curves as images. Offline (`WANDB_MODE=offline` or `mode: offline`) the
+    run is kept in <run_dir>/wandb for `wandb sync` later; online it needs `wandb login` first."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        config: dict[str, Any],
+        project: str | None = None,
+        entity: str | None = None,
+        mode: str | None = None,
+        tags: list[str] | None = None,
+    ) -> None:
+        self.wandb = _require("wandb", "wandb", "wandb")
+        self.run_dir = run_dir
+        self.run = self.wandb.init(
+            project=project or str(config.get("name", "cifarbench")),
+            entity=entity,
+            mode=mode,
+            dir=str(run_dir),
+            name=run_dir.name,
+            config=config,
+            tags=tags,
+        )
+
+    def log_epoch(self, row: dict[str, float]) -> None:
+        self.run.log({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
+
+    def finish(self, metrics: dict[str, Any]) -> None:
+        test = metrics.get("test", {})
+        self.run.summary.update({f"test_{k}": test[k] for k in ("accuracy", "loss", "error", "f1_macro") if k in test})
+        images = {name: self.run_dir / f"{name}.png" for name in ("confusion_matrix", "curves")}
+        self.run.log({name: self.wandb.Image(str(path)) for name, path in images.items() if path.is_file()})
+        self.run.finish()

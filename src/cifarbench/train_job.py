@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -30,8 +31,13 @@ def train_job(cfg: DictConfig) -> float | None:
     main_process = distributed.world_from_env().is_main
     try:
         resume = None
-        if in_sweep and not cfg.resume and requeued(run_dir):
-            cfg.resume = str(run_dir)  # a cluster job requeued after preemption continues where it was
+        if in_sweep and not cfg.resume:
+            finished = finished_before(run_dir, cfg)
+            if finished is not None:  # the same sweep run again into its own directory: keep what is done
+                log.info("job %s finished in an earlier run of this sweep, with this config: skipped", run_dir.name)
+                return finished["test"]["accuracy"]
+            if requeued(run_dir):
+                cfg.resume = str(run_dir)  # interrupted, preempted or requeued: continue where it was
         if cfg.resume:
             resume = load_checkpoint(Path(cfg.resume) / "checkpoints" / "last.pt")
             cfg = continue_with(resume["config"], cfg)
@@ -41,10 +47,15 @@ def train_job(cfg: DictConfig) -> float | None:
             OmegaConf.save(cfg, run_dir / "config.yaml")
         set_threads(cfg)
         return fit(cfg, run_dir, resume)["test"]["accuracy"]
+    except SweepDirTaken as exc:  # the whole sweep points at the wrong directory: stop before anything trains
+        print(f"cifarbench: error: {exc}", file=sys.stderr)
+        log.error("cifarbench: error: %s", exc)
+        sys.exit(2)
     except UserError as exc:
         if in_sweep:  # one bad job must not lose the others: record it, let the sweep go on
             log.error("cifarbench: error: %s", exc)
-            if not cfg.resume:  # a failed resume keeps the run's own record ("interrupted, resume with ...")
+            # a failed resume keeps the run's own record ("interrupted, resume with ..."), a finished job its results
+            if not cfg.resume and not completed(run_dir):
                 write_json(run_dir / "metrics.json", {"status": "failed", "error": str(exc)})
             return None
         if not cfg.resume and not (run_dir / "history.csv").exists():
@@ -78,11 +89,35 @@ def train_job(cfg: DictConfig) -> float | None:
             shutil.rmtree(run_dir, ignore_errors=True)  # a torchrun worker's scratch directory
 
 
+class SweepDirTaken(UserError):
+    """hydra.sweep.dir holds the finished jobs of another sweep."""
+
+
+def finished_before(run_dir: Path, cfg: DictConfig) -> dict | None:
+    """metrics.json of a sweep job that an earlier run of the sweep completed with this very config
+    (`cifarbench train -m ... hydra.sweep.dir=DIR` again); another config there is refused."""
+    if not completed(run_dir):
+        return None
+    saved = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"))
+    wanted = OmegaConf.to_container(cfg, resolve=True)
+    changeable = ("progress", "device", "resume", "threads")  # may differ between the two runs of a sweep
+    if {k: v for k, v in saved.items() if k not in changeable} != {
+        k: v for k, v in wanted.items() if k not in changeable
+    }:
+        raise SweepDirTaken(
+            f"{run_dir} holds a finished job of another config; run this sweep into a new hydra.sweep.dir"
+        )
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def completed(run_dir: Path) -> bool:
+    metrics = run_dir / "metrics.json"
+    return metrics.is_file() and json.loads(metrics.read_text()).get("status") == "completed"
+
+
 def requeued(run_dir: Path) -> bool:
     """This job ran before in this very directory (a requeued array job) and did not finish."""
-    metrics = run_dir / "metrics.json"
-    finished = metrics.is_file() and '"completed"' in metrics.read_text()
-    return (run_dir / "checkpoints" / "last.pt").is_file() and not finished
+    return (run_dir / "checkpoints" / "last.pt").is_file() and not completed(run_dir)
 
 
 def set_threads(cfg: DictConfig) -> None:
