@@ -75,6 +75,7 @@ def test_keys_that_a_target_accepts_may_be_added_and_searches_pass_the_check() -
     from cifarbench.validate import check_overrides
 
     check_overrides(["+optimizer.amsgrad=true", "++scheduler.interval=epoch", "++epochs=2"])
+    check_overrides(["-m", "~optimizer.betas", "seed=0,1"])  # a deletion stands for itself in every job
     check_overrides(["-m", "model.dropout=interval(0,0.6)", "optimizer.lr=tag(log,interval(1e-4,1e-2))",
                      "batch_size=choice(64,128)"])  # fmt: skip
 

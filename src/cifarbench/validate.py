@@ -137,12 +137,17 @@ def check_test_set_is_read_once(cfg: DictConfig) -> None:
 MAX_JOBS_CHECKED_TOGETHER = 256  # larger grids: each value is checked with the others' first values
 
 
-def _values(override: Override) -> list[str]:
-    """The values a sweep override stands for, as override strings: `a=1,2` -> ["1", "2"], a glob ->
-    the group options it matches. An Optuna-style `interval(lo, hi)` (maybe inside `tag(...)`) is
-    searched, not enumerated: its midpoint stands for it."""
+def _each_value(override: Override) -> list[str]:
+    """The single-valued overrides a sweep override stands for: `a=1,2` -> ["a=1", "a=2"], a glob ->
+    one per group option it matches. An Optuna-style `interval(lo, hi)` (maybe inside `tag(...)`) is
+    searched, not enumerated: its midpoint stands for it. Any other override stands for itself."""
     if not override.is_sweep_override():
-        return [override.input_line.split("=", 1)[1]]
+        return [override.input_line]
+    key = override.input_line.split("=", 1)[0]
+    return [f"{key}={value}" for value in _sweep_values(override)]
+
+
+def _sweep_values(override: Override) -> list[str]:
     value = override._value
     if isinstance(value, Glob):  # hydra resolves globs against the group's options
         group = override.key_or_group
@@ -160,15 +165,11 @@ def _values(override: Override) -> list[str]:
 def every_job(overrides: list[str]) -> list[list[str]]:
     """The override list of every job a sweep will run (one list without a sweep), so that every
     value is checked before the first job starts."""
-    parsed = OverridesParser.create().parse_overrides(overrides)
-    keys = [override.input_line.split("=", 1)[0] for override in parsed]
-    values = [_values(override) for override in parsed]
+    values = [_each_value(override) for override in OverridesParser.create().parse_overrides(overrides)]
     if math.prod(len(v) for v in values) <= MAX_JOBS_CHECKED_TOGETHER:
-        combinations = itertools.product(*values)
-    else:
-        first = [v[0] for v in values]
-        combinations = [[*first[:i], value, *first[i + 1 :]] for i, vs in enumerate(values) for value in vs]
-    return [[f"{key}={value}" for key, value in zip(keys, combo, strict=True)] for combo in combinations]
+        return [list(combination) for combination in itertools.product(*values)]
+    first = [v[0] for v in values]
+    return [[*first[:i], value, *first[i + 1 :]] for i, vs in enumerate(values) for value in vs]
 
 
 def _check_group_choices(overrides: list[str]) -> None:
