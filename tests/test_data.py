@@ -199,3 +199,19 @@ def test_each_list_of_allowed_values_matches_what_its_module_does() -> None:
         TorchvisionPolicy(policy)
     images = torch.zeros(1, 3, 32, 32, dtype=torch.uint8)
     assert [len(tta_views(images, level)) for level in options.TTA_LEVELS] == [1, 2, 6]
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 4])
+def test_the_loader_counts_the_batches_it_yields(world_size: int) -> None:
+    """Schedules and lookahead are sized by len(batches): it must be what an epoch really yields."""
+    from cifarbench.augmentation import NoAugmentation
+    from cifarbench.data import Batches, Split
+    from cifarbench.distributed import World
+
+    normalize = Normalize("unit", torch.device("cpu"), channels_last=False)
+    for n in range(40):
+        for batch_size in range(world_size, 13, world_size):
+            split = Split(torch.zeros(n, 3, 32, 32, dtype=torch.uint8), torch.zeros(n, dtype=torch.int64))
+            batches = Batches(split, batch_size, NoAugmentation(), normalize, torch.Generator(), torch.Generator(),
+                              World(0, world_size, 0))  # fmt: skip
+            assert len(batches) == sum(1 for _ in batches), (n, batch_size)

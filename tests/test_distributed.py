@@ -224,5 +224,5 @@ def test_an_interrupted_grid_sweep_resumes_without_rerunning_finished_jobs(tmp_p
 
     changed = [*command[:-1], "seed=0", "epochs=2"]  # another config into the same directory: refused
     result = subprocess.run(changed, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 2 and "holds a finished job of another config" in result.stderr
+    assert result.returncode == 2 and "holds a job of another config" in result.stderr
     assert (sweep_dir / "0" / "metrics.json").read_text() == finished  # its results are not overwritten

@@ -11,6 +11,8 @@ from typing import Any
 
 import yaml
 
+from cifarbench.loggers import flatten
+
 # Overrides that say where things are, not what ran: left out of "key overrides".
 LOCATION_KEYS = ("data.root", "data.source", "output_root", "progress", "hydra.", "device")
 
@@ -98,7 +100,7 @@ class Run:
     @property
     def recipe(self) -> str:
         """What the run trained, seeds aside: runs with the same recipe differ only in their seed."""
-        config = {k: v for k, v in _flatten(self.config).items() if not _seed_or_location(k)}
+        config = {k: v for k, v in flatten(self.config).items() if not _seed_or_location(k)}
         return json.dumps(config, sort_keys=True, default=str)
 
     @property
@@ -118,16 +120,6 @@ def _matches(config: dict[str, Any], when: dict[str, Any]) -> bool:
         elif value != wanted:
             return False
     return True
-
-
-def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def _seed_or_location(key: str) -> bool:

@@ -245,7 +245,8 @@ class TrainingState:
             self.lookahead.load_state_dict(checkpoint["lookahead"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.schedule.load_state_dict(checkpoint["scheduler"])
-        self.scaler.load_state_dict(checkpoint["scaler"])
+        if checkpoint["scaler"]:  # empty when saved disabled (fp32/bf16): a scaler now on (fp16) starts fresh
+            self.scaler.load_state_dict(checkpoint["scaler"])
         self.tracker.load_state_dict(checkpoint["tracker"])
         self.history = list(checkpoint["history"])
         best = checkpoint["best"]

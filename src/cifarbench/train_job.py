@@ -18,6 +18,7 @@ from cifarbench import distributed
 from cifarbench.artifacts import write_json
 from cifarbench.config import register_resolvers
 from cifarbench.errors import TrainingStopped, UserError
+from cifarbench.loggers import flatten
 from cifarbench.state import load_checkpoint
 from cifarbench.train import fit
 
@@ -93,21 +94,35 @@ class SweepDirTaken(UserError):
     """hydra.sweep.dir holds the finished jobs of another sweep."""
 
 
+# Keys that say where or how a job runs, not what it trains: they may differ between two runs of a sweep.
+WHERE_AND_HOW = (
+    "progress",
+    "device",
+    "resume",
+    "threads",
+    "eval_batch_size",
+    "logger",
+    "output_root",
+    "data.root",
+    "data.source",
+)
+
+
 def finished_before(run_dir: Path, cfg: DictConfig) -> dict | None:
     """metrics.json of a sweep job that an earlier run of the sweep completed with this very config
-    (`cifarbench train -m ... hydra.sweep.dir=DIR` again); another config there is refused."""
-    if not completed(run_dir):
+    (`cifarbench train -m ... hydra.sweep.dir=DIR` again). A job there of another config, finished
+    or interrupted, is refused: the sweep points at the wrong folder."""
+    saved_file = run_dir / "config.yaml"
+    if not saved_file.is_file():
         return None
-    saved = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"))
-    wanted = OmegaConf.to_container(cfg, resolve=True)
-    changeable = ("progress", "device", "resume", "threads")  # may differ between the two runs of a sweep
-    if {k: v for k, v in saved.items() if k not in changeable} != {
-        k: v for k, v in wanted.items() if k not in changeable
-    }:
-        raise SweepDirTaken(
-            f"{run_dir} holds a finished job of another config; run this sweep into a new hydra.sweep.dir"
-        )
-    return json.loads((run_dir / "metrics.json").read_text())
+    if _what_it_trains(OmegaConf.load(saved_file)) != _what_it_trains(cfg):
+        raise SweepDirTaken(f"{run_dir} holds a job of another config; run the sweep into a new hydra.sweep.dir")
+    return json.loads((run_dir / "metrics.json").read_text()) if completed(run_dir) else None
+
+
+def _what_it_trains(cfg: DictConfig) -> dict:
+    flat = flatten(OmegaConf.to_container(cfg, resolve=True))
+    return {k: v for k, v in flat.items() if not k.startswith(WHERE_AND_HOW)}
 
 
 def completed(run_dir: Path) -> bool:

@@ -144,7 +144,10 @@ def _each_value(override: Override) -> list[str]:
     if not override.is_sweep_override():
         return [override.input_line]
     key = override.input_line.split("=", 1)[0]
-    return [f"{key}={value}" for value in _sweep_values(override)]
+    values = _sweep_values(override)
+    if not values:
+        raise UserError(f"{override.input_line}: this sweep has no values, so it would run no job")
+    return [f"{key}={value}" for value in values]
 
 
 def _sweep_values(override: Override) -> list[str]:

@@ -49,10 +49,12 @@ class Batches:
         self.epoch = 1
 
     def __len__(self) -> int:
-        """Steps per epoch, without drawing from the shuffle generator."""
+        """Steps per epoch, as __iter__ yields them, without drawing from the shuffle generator."""
         full, rest = divmod(len(self.split), self.batch_size)
-        trailing = rest >= self.world.size and not (rest == 1 and full > 0)
-        return full + int(trailing)
+        sizes = [self.batch_size] * full + ([rest] if rest else [])
+        if len(sizes) > 1 and sizes[-1] == 1:  # batch_indices drops a trailing batch of one
+            sizes.pop()
+        return sum(size >= self.world.size for size in sizes)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         device = self.split.labels.device
