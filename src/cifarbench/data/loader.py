@@ -49,12 +49,10 @@ class Batches:
         self.epoch = 1
 
     def __len__(self) -> int:
-        """Steps per epoch, as __iter__ yields them, without drawing from the shuffle generator."""
-        full, rest = divmod(len(self.split), self.batch_size)
-        sizes = [self.batch_size] * full + ([rest] if rest else [])
-        if len(sizes) > 1 and sizes[-1] == 1:  # batch_indices drops a trailing batch of one
-            sizes.pop()
-        return sum(size >= self.world.size for size in sizes)
+        """Steps per epoch, as __iter__ yields them: the same batch_indices rule, on a throwaway
+        generator (the count does not depend on the order), so the two cannot drift apart."""
+        batches = batch_indices(len(self.split), self.batch_size, torch.Generator())
+        return sum(len(batch) >= self.world.size for batch in batches)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         device = self.split.labels.device
