@@ -45,25 +45,15 @@ def write_history(run_dir: Path, history: list[dict]) -> None:
 
 
 def run_metrics(history: list[dict], test, classes: tuple[str, ...], extra: dict[str, Any]) -> dict[str, Any]:
-    """Everything a report table needs about one finished run. Accuracy and error are percent."""
-    y_true, y_pred = test.labels.numpy(), test.predictions.numpy()
-    labels = list(range(len(classes)))
-    test_metrics: dict[str, Any] = {"loss": test.loss, "accuracy": test.accuracy, "error": 100.0 - test.accuracy}
-    for average in ("macro", "weighted"):
-        p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, labels=labels, average=average, zero_division=0)
-        test_metrics.update({f"precision_{average}": p, f"recall_{average}": r, f"f1_{average}": f})
-    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
-    test_metrics["per_class"] = {
-        name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
-        for i, name in enumerate(classes)
-    }
+    """Everything a report table needs about one finished run. Accuracy and error are percent.
+    `test` is None for a search trial, whose test waits for the search's end (test_metrics then)."""
     last = history[-1]
     seconds = [row["seconds"] for row in history]
     return {
         **{k: extra.pop(k) for k in ("status",) if k in extra},
         "train": {"loss": last["train_loss"], "accuracy": last["train_acc"]},
         "val": {"loss": last["val_loss"], "accuracy": last["val_acc"]},
-        "test": test_metrics,
+        "test": None if test is None else test_metrics(test, classes),
         "epochs_run": len(history),
         "epoch_seconds": seconds,
         "median_epoch_seconds": statistics.median(seconds),
@@ -71,6 +61,22 @@ def run_metrics(history: list[dict], test, classes: tuple[str, ...], extra: dict
         "train_seconds": sum(row.get("train_seconds", row["seconds"]) for row in history),
         **extra,
     }
+
+
+def test_metrics(test, classes: tuple[str, ...]) -> dict[str, Any]:
+    """Loss, accuracy, error and scikit-learn's precision/recall/F1 (macro, weighted, per class)."""
+    y_true, y_pred = test.labels.numpy(), test.predictions.numpy()
+    labels = list(range(len(classes)))
+    metrics: dict[str, Any] = {"loss": test.loss, "accuracy": test.accuracy, "error": 100.0 - test.accuracy}
+    for average in ("macro", "weighted"):
+        p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, labels=labels, average=average, zero_division=0)
+        metrics.update({f"precision_{average}": p, f"recall_{average}": r, f"f1_{average}": f})
+    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    metrics["per_class"] = {
+        name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+        for i, name in enumerate(classes)
+    }
+    return metrics
 
 
 def write_run(
@@ -81,13 +87,17 @@ def write_run(
     classes: tuple[str, ...],
     history: list[dict],
 ) -> None:
-    y_true, y_pred = test.labels.numpy(), test.predictions.numpy()
-    labels = list(range(len(classes)))
-    write_confusion_matrix(run_dir, confusion_matrix(y_true, y_pred, labels=labels), classes)
-    report = classification_report(y_true, y_pred, labels=labels, target_names=list(classes), digits=4, zero_division=0)
-    write_text_atomic(run_dir / "classification_report.txt", report)
+    """The files of a finished run; without `test` (a search trial) only the curves and metrics.json."""
+    if test is not None:
+        y_true, y_pred = test.labels.numpy(), test.predictions.numpy()
+        labels = list(range(len(classes)))
+        write_confusion_matrix(run_dir, confusion_matrix(y_true, y_pred, labels=labels), classes)
+        report = classification_report(
+            y_true, y_pred, labels=labels, target_names=list(classes), digits=4, zero_division=0
+        )
+        write_text_atomic(run_dir / "classification_report.txt", report)
+        plot_samples(test_images, y_true, y_pred, classes, run_dir / "samples.png")
     plot_curves(history, run_dir / "curves.png")
-    plot_samples(test_images, y_true, y_pred, classes, run_dir / "samples.png")
     write_json(run_dir / "metrics.json", metrics)  # last: its presence means the run finished
 
 

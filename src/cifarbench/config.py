@@ -14,7 +14,7 @@ from omegaconf.errors import InterpolationResolutionError
 
 from cifarbench.errors import UserError
 
-GROUPS = ("data", "model", "optimizer", "scheduler", "augmentation", "logger", "experiment")
+GROUPS = ("data", "model", "optimizer", "scheduler", "augmentation", "logger", "experiment", "search")
 
 
 def instantiate(config: Any, **kwargs: Any) -> Any:

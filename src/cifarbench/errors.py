@@ -29,6 +29,12 @@ class Diverged(TrainingStopped):
     status = "diverged"
 
 
+class Pruned(TrainingStopped):
+    """A search's pruner judged the trial hopeless after an epoch; its run directory stays as it is."""
+
+    status = "pruned"
+
+
 class Interrupted(TrainingStopped):
     """Ctrl-C or SIGTERM: the run stops after the current batch and can be resumed."""
 

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from torch import nn
 
-from cifarbench.data import CLASSES, Normalize, load_cifar10, make_splits
+from cifarbench.data import CLASSES, Normalize, Split, load_cifar10, make_splits
 from cifarbench.errors import UserError
 from cifarbench.models import build_model
-from cifarbench.runtime import select_device, select_precision
+from cifarbench.runtime import Precision, select_device, select_precision
 from cifarbench.state import load_checkpoint, weights_to_test
 
 
@@ -30,6 +30,7 @@ class LoadedRun:
     config: dict
     checkpoint: Path
     which: str  # best | last
+    history: list[dict]
 
 
 def load_trained(run_dir: Path, which: str = "auto", device: torch.device | None = None) -> LoadedRun:
@@ -56,7 +57,7 @@ def load_trained(run_dir: Path, which: str = "auto", device: torch.device | None
     model = model.to(device).eval()
     if config.get("channels_last"):
         model = model.to(memory_format=torch.channels_last)
-    return LoadedRun(model, config, path, which)
+    return LoadedRun(model, config, path, which, checkpoint["history"])
 
 
 def evaluate_run(run_dir: Path, which: str = "auto") -> dict:
@@ -66,21 +67,45 @@ def evaluate_run(run_dir: Path, which: str = "auto") -> dict:
     from cifarbench.train import evaluate
 
     loaded = load_trained(run_dir, which)
-    cfg = OmegaConf.create(loaded.config)
-    device = next(loaded.model.parameters()).device
-    precision = select_precision(cfg.precision, device)
-    splits = make_splits(
-        load_cifar10(cfg.data), cfg.data.val_size, cfg.data.train_subset, cfg.data.test_subset, cfg.seed, device
-    )
-    normalize = Normalize(cfg.data.normalization, device, cfg.channels_last)
-    result = evaluate(loaded.model, splits.test, normalize, precision, cfg.eval_batch_size, cfg.tta)
+    cfg, test, normalize, precision = _test_setting(loaded)
+    result = evaluate(loaded.model, test, normalize, precision, cfg.eval_batch_size, cfg.tta)
     metrics_file = run_dir / "metrics.json"
-    recorded = json.loads(metrics_file.read_text()).get("test", {}) if metrics_file.is_file() else {}
+    recorded = json.loads(metrics_file.read_text()).get("test") or {} if metrics_file.is_file() else {}
     return {
         "checkpoint": f"{loaded.checkpoint} ({loaded.which} weights, tta {cfg.tta})",
         "test": {"loss": result.loss, "accuracy": result.accuracy, "error": 100.0 - result.accuracy},
         "recorded": {k: recorded.get(k) for k in ("loss", "accuracy", "error")},
     }
+
+
+def test_deferred(run_dir: Path) -> dict:
+    """The final test of a run trained without one (a search's best trial): the weights its
+    test_weights names, with its tta, as train.final_test does; writes the test files every finished
+    run has and the test into metrics.json. Returns metrics.json's test entry."""
+    from cifarbench import artifacts
+    from cifarbench.train import test_model
+
+    loaded = load_trained(run_dir, "auto")
+    cfg, test, normalize, precision = _test_setting(loaded)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    result, without_tta = test_model(loaded.model, cfg, test, normalize, precision, metrics["test_weights_epoch"])
+    metrics.update(test=artifacts.test_metrics(result, CLASSES), test_without_tta=without_tta)
+    artifacts.write_run(run_dir, metrics, result, test.images.cpu(), CLASSES, loaded.history)
+    return metrics["test"]
+
+
+def _test_setting(loaded: LoadedRun) -> tuple[DictConfig, Split, Normalize, Precision]:
+    """The run's config, its test split, normalisation and precision, on the model's device."""
+    cfg = OmegaConf.create(loaded.config)
+    device = next(loaded.model.parameters()).device
+    data = cfg.data
+    splits = make_splits(load_cifar10(data), data.val_size, data.train_subset, data.test_subset, cfg.seed, device)
+    return (
+        cfg,
+        splits.test,
+        Normalize(data.normalization, device, cfg.channels_last),
+        select_precision(cfg.precision, device),
+    )
 
 
 def read_image(path: Path) -> torch.Tensor:

@@ -13,14 +13,26 @@ import yaml
 
 from cifarbench.loggers import flatten
 
-# Overrides that say where things are, not what ran: left out of "key overrides".
-LOCATION_KEYS = ("data.root", "data.source", "output_root", "progress", "hydra.", "device")
+# Keys that say where or how a job runs, not what it trains: left out of "key overrides", of what
+# makes two runs the same recipe, and of what must match when a sweep or search is run again.
+WHERE_AND_HOW = (
+    "progress",
+    "device",
+    "resume",
+    "threads",
+    "eval_batch_size",
+    "logger",
+    "output_root",
+    "data.root",
+    "data.source",
+    "hydra.",
+)
 
 
 @dataclass
 class Run:
     path: Path
-    status: str  # completed | failed | diverged | interrupted | unfinished
+    status: str  # completed | failed | diverged | interrupted | pruned | unfinished
     config: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, float]] = field(default_factory=list)
@@ -47,10 +59,10 @@ class Run:
 
     @property
     def key_overrides(self) -> list[str]:
-        return [o for o in self.overrides if not o.lstrip("+~").startswith(LOCATION_KEYS)]
+        return [o for o in self.overrides if not o.lstrip("+~").startswith(WHERE_AND_HOW)]
 
     def test(self, key: str) -> float | None:
-        return self.metrics.get("test", {}).get(key)
+        return (self.metrics.get("test") or {}).get(key)  # null: a search trial, tested only if it is the best
 
     @property
     def preset(self) -> str | None:
@@ -76,11 +88,13 @@ class Run:
         of the epoch whose weights the run tested."""
         if metric == "test_acc":
             return self.test("accuracy")
-        if metric == "val_acc":
-            epoch = self.metrics.get("test_weights_epoch")
-            rows = [row for row in self.history if row.get("epoch") == epoch]
-            return rows[0].get("val_acc") if rows else None
-        return None
+        return self.validation(metric) if metric == "val_acc" else None
+
+    def validation(self, metric: str) -> float | None:
+        """`val_acc` or `val_loss` of the epoch whose weights the run tests (test_weights)."""
+        epoch = self.metrics.get("test_weights_epoch")
+        rows = [row for row in self.history if row.get("epoch") == epoch]
+        return rows[0].get(metric) if rows else None
 
     @property
     def minutes(self) -> float | None:
@@ -124,9 +138,7 @@ def _matches(config: dict[str, Any], when: dict[str, Any]) -> bool:
 
 def _seed_or_location(key: str) -> bool:
     """Keys that say which seed or where, not what was trained (`augmentation.flip_seed` follows `seed`)."""
-    return key.endswith("seed") or key.startswith(
-        (*LOCATION_KEYS, "resume", "name", "reported", "threads", "eval_batch")
-    )
+    return key.endswith("seed") or key.startswith((*WHERE_AND_HOW, "name", "reported"))
 
 
 def is_run_dir(path: Path) -> bool:

@@ -30,6 +30,7 @@ from cifarbench.report import (
     write_recipes_csv,
 )
 from cifarbench.runs import Run, load_run
+from cifarbench.search import is_search
 
 
 def _overrides(run: Run) -> dict[str, str]:
@@ -143,12 +144,12 @@ class SweepSummary(Callback):
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
+        if HydraConfig.get().mode == RunMode.MULTIRUN and not is_search(HydraConfig.get().sweeper):
             write_summary(Path(HydraConfig.get().runtime.output_dir).parent)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        if not sweep_dir.is_dir():
+        if not sweep_dir.is_dir() or is_search(config.hydra.sweeper):  # the search writes its own summary
             return
         runs = write_summary(sweep_dir)
         failed = [run for run in runs if run.status != "completed"]

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +32,7 @@ from cifarbench.augmentation import BatchMix, tta_views
 from cifarbench.config import instantiate
 from cifarbench.data import CLASSES, Batches, DataSplits, Normalize, Split, batch_indices, load_cifar10, make_splits
 from cifarbench.distributed import SINGLE_PROCESS, World, all_reduce_sum, any_rank
-from cifarbench.errors import Diverged, Interrupted, TrainingStopped, UserError
+from cifarbench.errors import Diverged, Interrupted, Pruned, TrainingStopped, UserError
 from cifarbench.interrupt import StopRequest
 from cifarbench.loggers import NoLogger
 from cifarbench.models import build_model, count_parameters
@@ -41,6 +41,9 @@ from cifarbench.runtime import Precision, configure_backends, select_device, sel
 from cifarbench.schedulers import Schedule, build_schedule
 from cifarbench.state import Generators, TrainingState, weights_to_test
 from cifarbench.stopping import BestTracker
+
+if TYPE_CHECKING:
+    from cifarbench.search import TrialPruning
 
 log = logging.getLogger("cifarbench")
 DIVERGED_HINT = "lower optimizer.lr or set grad_clip"
@@ -169,11 +172,13 @@ def evaluate(
     return EvalResult(torch.stack(losses).sum().item() / len(split), accuracy, predictions, labels, probs)
 
 
-def fit(cfg: DictConfig, run_dir: Path, resume: dict | None = None) -> dict:
+def fit(cfg: DictConfig, run_dir: Path, resume: dict | None = None, trial: TrialPruning | None = None) -> dict:
     """Train `cfg` and write its run directory; returns metrics.json's content.
 
     `resume` is a last.pt checkpoint of this run: training continues after its epoch with every
-    state restored (see state.TrainingState).
+    state restored (see state.TrainingState). `trial` makes the run a trial of a search: it reports
+    each epoch's monitored figure to the study, may end pruned, and leaves its test to the search
+    (which tests the best trial only, inference.test_deferred).
     """
     started = datetime.now()
     runtime = set_up_runtime(cfg)
@@ -186,9 +191,11 @@ def fit(cfg: DictConfig, run_dir: Path, resume: dict | None = None) -> dict:
     main = runtime.world.is_main
     logger = instantiate(cfg.logger)(run_dir=run_dir, config=state.config) if main else NoLogger(run_dir, {})
 
-    stop_reason = run_epochs(cfg, state, step, batches, splits.val, run_dir, runtime, logger)
+    stop_reason = run_epochs(cfg, state, step, batches, splits.val, run_dir, runtime, logger, trial)
 
-    test, without_tta = final_test(cfg, state, splits.test, normalize, runtime.precision)
+    test, without_tta = None, None
+    if trial is None:
+        test, without_tta = final_test(cfg, state, splits.test, normalize, runtime.precision)
     metrics = artifacts.run_metrics(state.history, test, CLASSES, run_record(cfg, state, splits, runtime))
     metrics.update(
         stopped_early=stop_reason,
@@ -297,11 +304,13 @@ def run_epochs(
     run_dir: Path,
     runtime: Runtime,
     logger: Any,
+    trial: TrialPruning | None = None,
 ) -> str | None:
     """Train, validate and checkpoint each remaining epoch; returns why training stopped early, if it did.
 
     Every rank validates the same weights (state.sync_ranks) and takes rank 0's numbers, so the
-    schedule, the best epoch and early stopping decide alike on all of them."""
+    schedule, the best epoch and early stopping decide alike on all of them. A search's `trial`
+    hears each epoch's monitored figure once it is checkpointed, and may stop the run (Pruned)."""
     world = runtime.world
     epochs_bar = tqdm(range(state.epoch + 1, cfg.epochs + 1), desc="epochs", disable=not cfg.progress)
     with StopRequest() as stop:
@@ -331,7 +340,8 @@ def run_epochs(
                 "train_seconds": train_seconds,
                 "seconds": time.perf_counter() - tic,
             }
-            state.end_epoch(row, val_loss if cfg.monitor == "val_loss" else val_acc)
+            monitored = val_loss if cfg.monitor == "val_loss" else val_acc
+            state.end_epoch(row, monitored)
             log.info(
                 "epoch %d/%d  lr %.3g  train loss %.4f acc %.2f%%  val loss %.4f acc %.2f%%  %.1fs",
                 epoch,
@@ -351,7 +361,16 @@ def run_epochs(
             if state.tracker.should_stop:
                 reason = f"early stopping at epoch {epoch}: {state.tracker.reason()}"
                 log.info(reason)
+                if state.lookahead is not None:  # the run ends on the slow weights, and so does last.pt
+                    state.lookahead.finish()
+                    state.save(run_dir, world)
                 return reason
+            if trial is not None:
+                try:
+                    trial.after_epoch(epoch, monitored)
+                except Pruned as pruned:
+                    record_stop(run_dir, pruned, state.history)
+                    raise
     return None
 
 
@@ -360,21 +379,27 @@ def final_test(
 ) -> tuple[EvalResult, dict | None]:
     """The test set, read once: the weights `test_weights` names (state.weights_to_test) with `tta`,
     and the same weights without test-time augmentation when `tta` is on."""
-    if state.lookahead is not None:
-        state.lookahead.finish()  # a no-op after the last step; after early stopping it matters
     state.evaluated.load_state_dict(weights_to_test(state.weights(), cfg.test_weights))
-    result = evaluate(state.evaluated, test, normalize, precision, cfg.eval_batch_size, cfg.tta)
+    return test_model(state.evaluated, cfg, test, normalize, precision, state.tested_epoch(cfg.test_weights))
+
+
+def test_model(
+    model: nn.Module, cfg: DictConfig, test: Split, normalize: Normalize, precision: Precision, epoch: int
+) -> tuple[EvalResult, dict | None]:
+    """`model` (holding the weights of `epoch`) on the test set, as `cfg` says: with `tta`, and
+    without it too when `tta` is on."""
+    result = evaluate(model, test, normalize, precision, cfg.eval_batch_size, cfg.tta)
     log.info(
         "test (%s weights, epoch %d, tta %s): loss %.4f acc %.2f%%",
         cfg.test_weights,
-        state.tested_epoch(cfg.test_weights),
+        epoch,
         cfg.tta,
         result.loss,
         result.accuracy,
     )
     if cfg.tta == "none":
         return result, None
-    plain = evaluate(state.evaluated, test, normalize, precision, cfg.eval_batch_size)
+    plain = evaluate(model, test, normalize, precision, cfg.eval_batch_size)
     log.info("test without tta: loss %.4f acc %.2f%%", plain.loss, plain.accuracy)
     return result, {"loss": plain.loss, "accuracy": plain.accuracy}
 

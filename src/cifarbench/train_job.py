@@ -19,6 +19,8 @@ from cifarbench.artifacts import write_json
 from cifarbench.config import register_resolvers
 from cifarbench.errors import TrainingStopped, UserError
 from cifarbench.loggers import flatten
+from cifarbench.runs import WHERE_AND_HOW
+from cifarbench.search import trial_pruning
 from cifarbench.state import load_checkpoint
 from cifarbench.train import fit
 
@@ -36,7 +38,7 @@ def train_job(cfg: DictConfig) -> float | None:
             finished = finished_before(run_dir, cfg)
             if finished is not None:  # the same sweep run again into its own directory: keep what is done
                 log.info("job %s finished in an earlier run of this sweep, with this config: skipped", run_dir.name)
-                return finished["test"]["accuracy"]
+                return test_accuracy(finished)
             if requeued(run_dir):
                 cfg.resume = str(run_dir)  # interrupted, preempted or requeued: continue where it was
         if cfg.resume:
@@ -47,7 +49,8 @@ def train_job(cfg: DictConfig) -> float | None:
             OmegaConf.resolve(cfg)  # the saved config says what ran, not how it was computed
             OmegaConf.save(cfg, run_dir / "config.yaml")
         set_threads(cfg)
-        return fit(cfg, run_dir, resume)["test"]["accuracy"]
+        trial = trial_pruning(run_dir, cfg.monitor) if in_sweep else None  # a trial of hydra/sweeper=optuna
+        return test_accuracy(fit(cfg, run_dir, resume, trial))
     except SweepDirTaken as exc:  # the whole sweep points at the wrong directory: stop before anything trains
         print(f"cifarbench: error: {exc}", file=sys.stderr)
         log.error("cifarbench: error: %s", exc)
@@ -66,6 +69,9 @@ def train_job(cfg: DictConfig) -> float | None:
         sys.exit(2)
     except TrainingStopped as stopped:  # fit has written metrics.json with the status
         message = f"cifarbench: training {stopped.status} in {run_dir}: {stopped}"
+        if stopped.status == "pruned":  # a search's normal outcome, not a problem
+            log.info(message)
+            return None
         if stopped.status == "interrupted":
             message += f"; last epoch's checkpoint kept, resume with: cifarbench train resume={run_dir}"
         elif (run_dir / "checkpoints" / "last.pt").is_file():
@@ -90,22 +96,13 @@ def train_job(cfg: DictConfig) -> float | None:
             shutil.rmtree(run_dir, ignore_errors=True)  # a torchrun worker's scratch directory
 
 
+def test_accuracy(metrics: dict) -> float | None:
+    """What the job returns to Hydra (test null: a search trial, tested at the search's end if best)."""
+    return (metrics.get("test") or {}).get("accuracy")
+
+
 class SweepDirTaken(UserError):
     """hydra.sweep.dir holds the finished jobs of another sweep."""
-
-
-# Keys that say where or how a job runs, not what it trains: they may differ between two runs of a sweep.
-WHERE_AND_HOW = (
-    "progress",
-    "device",
-    "resume",
-    "threads",
-    "eval_batch_size",
-    "logger",
-    "output_root",
-    "data.root",
-    "data.source",
-)
 
 
 def finished_before(run_dir: Path, cfg: DictConfig) -> dict | None:

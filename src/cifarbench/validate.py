@@ -140,7 +140,7 @@ MAX_JOBS_CHECKED_TOGETHER = 256  # larger grids: each value is checked with the 
 def _each_value(override: Override) -> list[str]:
     """The single-valued overrides a sweep override stands for: `a=1,2` -> ["a=1", "a=2"], a glob ->
     one per group option it matches. An Optuna-style `interval(lo, hi)` (maybe inside `tag(...)`) is
-    searched, not enumerated: its midpoint stands for it. Any other override stands for itself."""
+    searched, not enumerated: its two ends stand for it. Any other override stands for itself."""
     if not override.is_sweep_override():
         return [override.input_line]
     key = override.input_line.split("=", 1)[0]
@@ -158,10 +158,8 @@ def _sweep_values(override: Override) -> list[str]:
         if not matches:
             raise UserError(f"{override.input_line}: the glob matches no option of {group}")
         return matches
-    if isinstance(value, IntervalSweep):
-        middle = (value.start + value.end) / 2
-        both_int = isinstance(value.start, int) and isinstance(value.end, int)
-        return [str(round(middle) if both_int else middle)]
+    if isinstance(value, IntervalSweep):  # Optuna may sample either end
+        return [str(value.start), str(value.end)]
     return list(override.sweep_string_iterator())
 
 
@@ -214,15 +212,16 @@ def check_overrides(overrides: list[str]) -> DictConfig:
     """Composes the config of every job the overrides ask for and checks it, before Hydra creates
     any run directory. Returns the first job's config."""
     check_launcher(overrides)
+    multirun = any(o in ("-m", "--multirun") for o in overrides)
     overrides = [o for o in overrides if o not in ("-m", "--multirun")]
     if any(arg.startswith("-") for arg in overrides):
         return OmegaConf.create()  # Hydra's own modes (--help, --cfg, --info ...) check their own arguments
     plain = [o for o in overrides if not o.startswith(("hydra.", "hydra/", "resume="))]
     register_resolvers()
     composed = []
-    jobs = every_job(plain)
     with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        for job in jobs:
+        plain = _search_space_too(overrides, plain, multirun)
+        for job in every_job(plain):
             try:
                 _check_group_choices(job)
                 cfg = compose("config", overrides=job)
@@ -234,6 +233,32 @@ def check_overrides(overrides: list[str]) -> DictConfig:
                 raise UserError(f"sweep job {' '.join(swept)}: {message}" if swept else message) from None
             composed.append(cfg)
     return composed[0]
+
+
+def _search_space_too(overrides: list[str], plain: list[str], multirun: bool) -> list[str]:
+    """For a search (hydra/sweeper=optuna, or a search= preset): it runs with -m, needs Optuna, and
+    optimises a validation figure, so it needs a validation set; the searched values of its
+    `hydra.sweeper.params` are checked like the command line's. Other runs: `plain` unchanged."""
+    from cifarbench.search import is_search, require_optuna
+
+    hydra_ones = [o for o in overrides if o.startswith(("hydra/sweeper", "hydra.sweeper"))]
+    try:
+        first = compose("config", overrides=[*every_job(plain)[0], *hydra_ones], return_hydra_config=True)
+    except (HydraException, OmegaConfBaseException):
+        return plain  # the job checks below say what is wrong
+    if not is_search(first.hydra.sweeper):
+        return plain
+    if not multirun:
+        raise UserError("a search (hydra/sweeper=optuna or search=NAME) launches many runs: add -m")
+    require_optuna()
+    if first.data.val_size == 0:
+        raise UserError(
+            "data.val_size=0 is refused in a search: its objective is the validation set, which would "
+            "then be the test set; set data.val_size=N (e.g. 5000)"
+        )
+    given = {o.split("=", 1)[0].lstrip("+~") for o in plain}
+    params = first.hydra.sweeper.get("params") or {}
+    return [*(f"{k}={v}" for k, v in params.items() if k.lstrip("+~") not in given), *plain]
 
 
 def _check_added_keys(job: list[str]) -> None:

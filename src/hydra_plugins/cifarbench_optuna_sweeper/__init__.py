@@ -1,0 +1,1 @@
+"""cifarbench's Optuna sweeper for Hydra: `hydra/sweeper=optuna` (see cifarbench.search)."""
