@@ -187,3 +187,16 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path: Path, run_env: di
     assert result.returncode == 2 and len(lines) == 1, result.stderr
     assert "refuses to run code from a file" in lines[0]
     assert not marker.exists()
+
+
+def test_an_interrupted_muon_run_resumes_to_the_same_numbers(tmp_path: Path, run_env: dict) -> None:
+    """optimizer=muon keeps two optimizers' states (torch's Muon on the weights' 2-D views, Adam for
+    the rest); with a one-cycle schedule moving both, resume must still be exact."""
+    args = [*DETERMINISTIC, "optimizer=muon", "scheduler=onecycle", "name=muon"]
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    cli("train", *args, cwd=whole, env=run_env)
+    run = interrupt_after_first_epoch(args, tmp_path, run_env, "muon")
+    result = cli("train", f"resume={run}", "progress=false", cwd=tmp_path, env=run_env, check=False)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert compared(run) == compared(the_run(whole, "muon"))

@@ -30,7 +30,7 @@ BAD_CONFIGS = [
     (["optimizer.lr=0"], "optimizer.lr=0 is not allowed: optimizer.lr must be a number > 0"),
     (["optimizer.lr=-1e-3"], "optimizer.lr=-0.001 is not allowed"),
     (["model=resnet19"], "model=resnet19 is not known; choose one of: baseline, cnn3, densenet121"),
-    (["optimizer=adamm"], "optimizer=adamm is not known; choose one of: adam, adamax, adamw, rmsprop, sgd"),
+    (["optimizer=adamm"], "optimizer=adamm is not known; choose one of: adam, adamax, adamw, muon, rmsprop, sgd"),
     (["scheduler=linear"], "scheduler=linear is not known; choose one of: cosine, none, onecycle, plateau, step"),
     (["augmentation=flip"], "augmentation=flip is not known; choose one of: autoaugment, cutout, flipcrop"),
     (["experiment=nope"], "experiment=nope is not known; choose one of: best_improved"),
