@@ -191,6 +191,8 @@ def test_evaluate_averages_the_logits_of_the_tta_views() -> None:
     assert torch.allclose(result.probabilities, logits.softmax(1), atol=1e-6)
     plain = train_module.evaluate(model, split, normalize, select_precision("fp32", torch.device("cpu")), 4)
     assert not torch.allclose(plain.probabilities, result.probabilities)
+    # the figures without TTA come from the same pass, and are those of evaluating without it
+    assert result.without_tta == {"loss": plain.loss, "accuracy": plain.accuracy} and plain.without_tta is None
 
 
 class RecordingAugmentation(Augmentation):
