@@ -134,3 +134,14 @@ def test_without_data_one_clear_line_and_status_2(tmp_path: Path) -> None:
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
     assert "cifarbench data import PATH" in lines[0] and "download" in lines[0]
+
+
+def test_validate_every_skips_validation_but_never_the_last_epoch(tmp_path: Path, run_env: dict) -> None:
+    cli("train", *SMOKE, "epochs=3", "validate_every=2", "name=sparse", cwd=tmp_path, env=run_env)
+    run = only_run_dir(tmp_path / "outputs" / "sparse")
+    with (run / "history.csv").open() as fh:
+        validated = [row["epoch"] for row in csv.DictReader(fh) if row["val_acc"] not in ("", "nan")]
+    assert validated == ["2", "3"]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["best_epoch"] in (2, 3)
+    assert "epoch 1/3" in (run / "train.log").read_text() and "not validated" in (run / "train.log").read_text()

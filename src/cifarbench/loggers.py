@@ -72,7 +72,7 @@ class TensorBoardLogger:
             plt.imshow(matplotlib.image.imread(figure_file))
             plt.axis("off")
             self.writer.add_figure("confusion_matrix", fig, close=True)
-        test = metrics.get("test", {})
+        test = metrics.get("test") or {}  # null: a search trial
         final = {f"hparam/test_{k}": test[k] for k in ("accuracy", "loss", "f1_macro") if k in test}
         self.writer.add_hparams(flatten(self.config), final, run_name=".")
         self.writer.close()
@@ -99,7 +99,7 @@ class MLflowLogger:
         self.mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
 
     def finish(self, metrics: dict[str, Any]) -> None:
-        test = metrics.get("test", {})
+        test = metrics.get("test") or {}  # null: a search trial
         self.mlflow.log_metrics({f"test_{k}": test[k] for k in ("accuracy", "loss", "error", "f1_macro") if k in test})
         for name in ("metrics.json", "history.csv", "confusion_matrix.png", "curves.png", "classification_report.txt"):
             if (self.run_dir / name).is_file():
@@ -137,7 +137,7 @@ class WandbLogger:
         self.run.log({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
 
     def finish(self, metrics: dict[str, Any]) -> None:
-        test = metrics.get("test", {})
+        test = metrics.get("test") or {}  # null: a search trial
         self.run.summary.update({f"test_{k}": test[k] for k in ("accuracy", "loss", "error", "f1_macro") if k in test})
         images = {name: self.run_dir / f"{name}.png" for name in ("confusion_matrix", "curves")}
         self.run.log({name: self.wandb.Image(str(path)) for name, path in images.items() if path.is_file()})

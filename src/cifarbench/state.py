@@ -200,9 +200,12 @@ class TrainingState:
         """The weights the run validates and tests: the EMA average when on, else the model."""
         return self.ema.module if self.ema is not None else self.model
 
-    def end_epoch(self, row: dict, monitored: float) -> bool:
-        """Records a finished epoch; True when `monitored` is a new best (its weights are kept)."""
+    def end_epoch(self, row: dict, monitored: float | None) -> bool:
+        """Records a finished epoch; True when `monitored` is a new best (its weights are kept).
+        None: the epoch was not validated (validate_every), so nothing is compared."""
         self.history.append(row)
+        if monitored is None:
+            return False
         improved = self.tracker.update(row["epoch"], monitored)
         if improved:
             self.best_weights = _copy(self.evaluated.state_dict())

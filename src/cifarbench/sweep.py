@@ -67,7 +67,7 @@ def write_summary(sweep_dir: Path) -> list[Run]:
     ]
     rows = []
     for run, job_values in zip(runs, values, strict=True):
-        test = run.metrics.get("test", {})
+        test = run.metrics.get("test") or {}
         rows.append(
             [
                 run.path.name,

@@ -342,8 +342,11 @@ def run_epochs(
                 raise
             train_seconds = time.perf_counter() - tic
             state.sync_ranks(world)
-            result = evaluate(state.evaluated, val, batches.normalize, runtime.precision, cfg.eval_batch_size)
-            val_loss, val_acc = distributed.main_rank_numbers([result.loss, result.accuracy], runtime.device, world)
+            val_loss = val_acc = math.nan  # not validated this epoch (validate_every)
+            if validated(epoch, cfg.epochs, cfg.validate_every):
+                result = evaluate(state.evaluated, val, batches.normalize, runtime.precision, cfg.eval_batch_size)
+                numbers = [result.loss, result.accuracy]
+                val_loss, val_acc = distributed.main_rank_numbers(numbers, runtime.device, world)
             step.schedule.after_epoch(val_loss)
             row = {
                 "epoch": epoch,
@@ -356,20 +359,20 @@ def run_epochs(
                 "seconds": time.perf_counter() - tic,
             }
             monitored = val_loss if cfg.monitor == "val_loss" else val_acc
-            state.end_epoch(row, monitored)
+            state.end_epoch(row, None if math.isnan(monitored) else monitored)
+            val_text = "not validated" if math.isnan(val_acc) else f"val loss {val_loss:.4f} acc {val_acc:.2f}%"
             log.info(
-                "epoch %d/%d  lr %.3g  train loss %.4f acc %.2f%%  val loss %.4f acc %.2f%%  %.1fs",
+                "epoch %d/%d  lr %.3g  train loss %.4f acc %.2f%%  %s  %.1fs",
                 epoch,
                 cfg.epochs,
                 lr,
                 train_loss,
                 train_acc,
-                val_loss,
-                val_acc,
+                val_text,
                 row["seconds"],
             )
             epochs_bar.set_postfix(val_acc=f"{val_acc:.2f}")
-            logger.log_epoch(row)
+            logger.log_epoch({k: v for k, v in row.items() if not math.isnan(v)})  # skipped validation: absent
             state.save(run_dir, world)  # a collective with several ranks: every rank takes part
             if world.is_main:
                 artifacts.write_history(run_dir, state.history)
@@ -380,13 +383,19 @@ def run_epochs(
                     state.lookahead.finish()
                     state.save(run_dir, world)
                 return reason
-            if trial is not None:
+            if trial is not None and not math.isnan(monitored):
                 try:
                     trial.after_epoch(epoch, monitored)
                 except Pruned as pruned:
                     record_stop(run_dir, pruned, state.history)
                     raise
     return None
+
+
+def validated(epoch: int, epochs: int, every: int | None) -> bool:
+    """Whether `epoch` is validated: every `every`-th and always the last (only the last: None).
+    The fast recipes validate once: nothing decides on it there, and it costs a test-set pass."""
+    return epoch == epochs or (every is not None and epoch % every == 0)
 
 
 def final_test(

@@ -72,6 +72,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "tta": one_of(TTA_LEVELS),
     "mixup_alpha": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
     "cutmix_alpha": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    "validate_every": (lambda v: v is None or (_is_int(v) and v >= 1), "null or an integer >= 1"),
     "early_stopping.patience": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "early_stopping.min_delta": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
     "model.dropout": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
@@ -108,6 +109,25 @@ def check_config(cfg: DictConfig) -> None:
         if not test(value):
             raise UserError(f"{key}={value!r} is not allowed: {key} must be {allowed}")
     check_test_set_is_read_once(cfg)
+    check_sparse_validation(cfg)
+
+
+def check_sparse_validation(cfg: DictConfig) -> None:
+    """Early stopping and the plateau schedule count epochs of validation: they need every one."""
+    every = OmegaConf.select(cfg, "validate_every", default=1)
+    if every == 1:
+        return
+    shown = "null" if every is None else every
+    if cfg.early_stopping.enabled:
+        raise UserError(
+            f"validate_every={shown} is refused with early_stopping.enabled=true, whose patience counts "
+            "validated epochs; use validate_every=1"
+        )
+    if str(OmegaConf.select(cfg, "scheduler._target_")).endswith("ReduceLROnPlateau"):
+        raise UserError(
+            f"validate_every={shown} is refused with scheduler=plateau, which steps on each epoch's "
+            "validation loss; use validate_every=1"
+        )
 
 
 def check_test_set_is_read_once(cfg: DictConfig) -> None:
