@@ -304,3 +304,14 @@ def test_a_grid_job_is_compared_with_its_own_cell_of_the_table() -> None:
     config["batch_size"] = 32  # no cell of Table 2, and the grid's preset has no figure of its own
     assert Run(Path("x"), "completed", config=config).reported is None
     assert Run(Path("x"), "completed", config=OmegaConf.to_container(table1)).reported["value"] == 80.75
+
+
+def test_the_reported_figure_and_its_note_come_from_the_preset_as_it_is_now() -> None:
+    """A note or a correction added to a preset after its runs finished reaches their reports."""
+    from cifarbench.runs import Run
+
+    outdated = {"reported": {"metric": "test_acc", "value": 1.0, "source": "an old copy"}}
+    run = Run(Path("x"), "completed", config=outdated, choices={"experiment": "r004_kerascnn"})
+    assert run.reported["value"] == 80.75 and run.reported["source"] == "004 Table 1"
+    gone = Run(Path("x"), "completed", config=outdated, choices={"experiment": "no_such_preset"})
+    assert gone.reported["value"] == 1.0  # the preset is gone: the run's own copy

@@ -73,8 +73,10 @@ class Run:
     def reported(self) -> dict[str, Any] | None:
         """The report's own figure for this run's recipe ({metric, value, source[, note]}): the
         preset's `reported`, or the cell of it whose `when` the run's config matches (e.g. one
-        cell of 004's Table 2 for a job of the grid sweep). None where the report gives none."""
-        reported = self.config.get("reported")
+        cell of 004's Table 2 for a job of the grid sweep). None where the report gives none.
+        It is a fact about the report, so the preset as it is now has the last word (a note or a
+        correction added after the run); the run's own saved copy is used when the preset is gone."""
+        reported = preset_reported(self.preset) or self.config.get("reported")
         if not isinstance(reported, dict):
             return None
         figure = {k: reported.get(k) for k in ("metric", "value", "source", "note")}
@@ -123,6 +125,17 @@ class Run:
         overrides = [o for o in self.key_overrides if not _seed_or_location(o.lstrip("+~").split("=", 1)[0])]
         overrides = [o for o in overrides if not o.startswith(("experiment=", "name="))]
         return " ".join([str(self.preset or self.config.get("name", self.model)), *overrides])
+
+
+def preset_reported(preset: str | None) -> dict[str, Any] | None:
+    """The `reported` entry of conf/experiment/<preset>.yaml, if that preset exists and has one."""
+    from cifarbench.config import config_dir
+
+    if not preset:
+        return None
+    text = _read_yaml(config_dir() / "experiment" / f"{preset}.yaml")
+    figure = text.get("reported") if isinstance(text, dict) else None
+    return figure if isinstance(figure, dict) else None
 
 
 def _matches(config: dict[str, Any], when: dict[str, Any]) -> bool:

@@ -53,7 +53,6 @@ def train_job(cfg: DictConfig) -> float | None:
         return test_accuracy(fit(cfg, run_dir, resume, trial))
     except SweepDirTaken as exc:  # the whole sweep points at the wrong directory: stop before anything trains
         print(f"cifarbench: error: {exc}", file=sys.stderr)
-        log.error("cifarbench: error: %s", exc)
         sys.exit(2)
     except UserError as exc:
         if in_sweep:  # one bad job must not lose the others: record it, let the sweep go on
