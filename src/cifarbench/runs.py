@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -27,6 +28,9 @@ WHERE_AND_HOW = (
     "data.source",
     "hydra.",
 )
+
+
+REPORT_PRESET = re.compile(r"r\d{3}_")  # conf/experiment/r000_student.yaml ...: the reports' experiments
 
 
 @dataclass
@@ -65,6 +69,18 @@ class Run:
         return (self.metrics.get("test") or {}).get(key)  # null: a search trial, tested only if it is the best
 
     @property
+    def reports_experiment(self) -> bool:
+        """A run of a report's own experiment: its preset is `rNNN_...` (README, presets) and no
+        search chose its values."""
+        searched = self.choices.get("search") not in (None, "None", "null")
+        return bool(self.preset and REPORT_PRESET.match(self.preset)) and not searched
+
+    @property
+    def untested_trial(self) -> bool:
+        """A search trial whose test was never read (only the search's best trial is tested)."""
+        return ("test" in self.metrics and self.metrics["test"] is None) or self.status == "pruned"
+
+    @property
     def preset(self) -> str | None:
         chosen = self.choices.get("experiment")
         return None if chosen in (None, "None", "null") else chosen
@@ -76,7 +92,7 @@ class Run:
         cell of 004's Table 2 for a job of the grid sweep). None where the report gives none.
         It is a fact about the report, so the preset as it is now has the last word (a note or a
         correction added after the run); the run's own saved copy is used when the preset is gone."""
-        reported = preset_reported(self.preset) or self.config.get("reported")
+        reported = preset_reported(self.choices) or self.config.get("reported")
         if not isinstance(reported, dict):
             return None
         figure = {k: reported.get(k) for k in ("metric", "value", "source", "note")}
@@ -127,15 +143,20 @@ class Run:
         return " ".join([str(self.preset or self.config.get("name", self.model)), *overrides])
 
 
-def preset_reported(preset: str | None) -> dict[str, Any] | None:
-    """The `reported` entry of conf/experiment/<preset>.yaml, if that preset exists and has one."""
+def preset_reported(choices: dict[str, str]) -> dict[str, Any] | None:
+    """The `reported` entry of the run's search preset (conf/search/), or else of its experiment
+    preset (conf/experiment/), if that file exists and has one."""
     from cifarbench.config import config_dir
 
-    if not preset:
-        return None
-    text = _read_yaml(config_dir() / "experiment" / f"{preset}.yaml")
-    figure = text.get("reported") if isinstance(text, dict) else None
-    return figure if isinstance(figure, dict) else None
+    for group in ("search", "experiment"):
+        name = choices.get(group)
+        if name in (None, "None", "null"):
+            continue
+        text = _read_yaml(config_dir() / group / f"{name}.yaml")
+        figure = text.get("reported") if isinstance(text, dict) else None
+        if isinstance(figure, dict):
+            return figure
+    return None
 
 
 def _matches(config: dict[str, Any], when: dict[str, Any]) -> bool:
