@@ -219,6 +219,7 @@ def usage() -> str:
         "  cifarbench data import ../shared/data/cifar10-jpeg.tar.gz",
         "  cifarbench train model=baseline epochs=20 batch_size=128 optimizer.lr=1e-3",
         "  cifarbench train -m model.dropout=0.3,0.4 batch_size=64,128",
+        "  cifarbench train -m search=r004_table2             # Optuna search with pruning (the optuna extra)",
         "  cifarbench train --help          # every config key and option",
     ]
     return "\n".join(lines)
