@@ -91,8 +91,12 @@ def test_keys_that_a_target_accepts_may_be_added_and_searches_pass_the_check() -
         (["device=cuda"], "device=cuda but CUDA is not available here"),
         (["model=resnet18", "model.head=middle"], "model.head='middle' is not known; choose one of replace, append"),
         (["model=resnet18", "model.weights=/no/such.pth"], "model.weights=/no/such.pth: file not found"),
+        (
+            ["model=resnet18", "model.freeze=backbone", "optimizer=muon"],
+            "optimizer=muon found no trainable weight matrix besides the output layer",
+        ),
     ],
-    ids=["val_size", "train_subset", "cuda", "head", "weights"],
+    ids=["val_size", "train_subset", "cuda", "head", "weights", "muon_frozen"],
 )
 def test_problems_found_after_loading_are_one_line_too(
     tmp_path: Path, run_env: dict, overrides: list[str], message: str

@@ -110,6 +110,9 @@ def test_an_interrupted_search_resumes_without_rerunning_finished_trials(tmp_pat
     assert study_states(sweep_dir) == {0: "COMPLETE", 1: "RUNNING"}
     first_log = (sweep_dir / "0" / "train.log").read_text()
 
+    refused = cli("train", f"resume={sweep_dir / '1'}", cwd=tmp_path, env=run_env, check=False)
+    assert refused.returncode == 2 and "is a trial of the search" in refused.stderr  # alone it would read the test
+
     result = cli(*args, cwd=tmp_path, env=run_env)
     assert study_states(sweep_dir) == {0: "COMPLETE", 1: "COMPLETE", 2: "COMPLETE"}
     assert (sweep_dir / "0" / "train.log").read_text() == first_log  # trial 0 did not run again
@@ -137,6 +140,14 @@ def test_parallel_trials_share_the_study(tmp_path: Path, run_env: dict) -> None:
         (["-m", "search=r004_table2", "data.val_size=0"], "data.val_size=0 is refused in a search"),
         (["-m", "hydra/sweeper=optuna", "model.dropout=interval(0,1.5)"], "model.dropout=1.5 is not allowed"),
         (["-m", "hydra/sweeper=optuna", "batch_size=choice(0,64)", "model.dropout=0.1"], "batch_size=0 is not allowed"),
+        (["-m", "hydra/sweeper=optuna", "optimizer.lr=tag(log,interval(0,1e-2))"], "needs low > 0"),
+        (["-m", "hydra/sweeper=optuna", "model.dropout=interval(0.5,0.2)"], "interval(low, high) needs low < high"),
+        (["-m", "hydra/sweeper=optuna", "batch_size=tag(log,choice(32,64))"], "apply to interval(...) only"),
+        (["-m", "hydra/sweeper=optuna", "epochs=tag(int,interval(1,2.5))"], "needs whole numbers"),
+        (
+            ["-m", "hydra/sweeper=optuna", "model.dropout=interval(0,0.5)", "hydra.sweeper.enqueue=[{epochs:3}]"],
+            "hydra.sweeper.enqueue names epochs, which is not searched",
+        ),
     ],
 )
 def test_a_bad_search_is_one_line_before_anything_runs(args: list[str], message: str, tmp_path: Path) -> None:
@@ -167,3 +178,22 @@ def test_a_search_without_optuna_names_the_extra(tmp_path: Path, run_env: dict) 
         "cifarbench: error: hydra/sweeper=optuna needs the optional 'optuna' extra, which is not installed: "
         "pip install 'cifarbench[optuna]'"
     )
+
+
+def test_the_search_space_follows_hydras_optuna_syntax() -> None:
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    from cifarbench.search import search_space
+
+    space = search_space(["model.dropout=interval(0,0.6)", "epochs=tag(int,interval(5,30))",
+                          "optimizer.lr=tag(log,interval(1e-4,1e-2))", "batch_size=tag(int,log,interval(16,256))",
+                          "optimizer=choice(adam,sgd)", "seed=1,2", "name=x"])  # fmt: skip
+    assert space.distributions == {
+        "model.dropout": FloatDistribution(0.0, 0.6),
+        "epochs": IntDistribution(5, 30),  # Hydra reads the ends as 5.0 and 30.0: tag(int, ...) asks for integers
+        "optimizer.lr": FloatDistribution(1e-4, 1e-2, log=True),
+        "batch_size": IntDistribution(16, 256, log=True),
+        "optimizer": CategoricalDistribution(["adam", "sgd"]),
+        "seed": CategoricalDistribution([1, 2]),
+    }
+    assert space.fixed == ["name=x"]

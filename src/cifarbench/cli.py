@@ -70,6 +70,13 @@ def resume_overrides(run_dir: Path, overrides: list[str]) -> list[str]:
     last = run_dir / "checkpoints" / "last.pt"
     if not last.is_file():
         raise UserError(f"resume={run_dir}: no checkpoint at {last}; expected a run directory of cifarbench train")
+    from cifarbench.runs import load_run
+
+    if load_run(run_dir).trial:  # resumed alone, it would read the test set and its study would never hear
+        raise UserError(
+            f"resume={run_dir}: this run is a trial of the search in {run_dir.parent}; run the search's own "
+            f"command again with hydra.sweep.dir={run_dir.parent}, which resumes this trial"
+        )
     # Hydra writes into the run's own directory, and must not overwrite its .hydra/ record.
     return [*overrides, f"hydra.run.dir={run_dir}", "hydra.output_subdir=null"]
 

@@ -17,6 +17,7 @@ from torch import nn, optim
 from torch.nn.modules.batchnorm import _NormBase
 
 from cifarbench.config import instantiate
+from cifarbench.errors import UserError
 
 NORM_LAYERS = (_NormBase, nn.GroupNorm, nn.LayerNorm)
 
@@ -27,8 +28,13 @@ def build_optimizer(optimizer_cfg: DictConfig, model: nn.Module) -> optim.Optimi
     optimizer=muon (MuonHybrid): Muon takes the matrices (`muon_parameters`), and the optimizer of its
     `other` key everything else, grouped by the same two keys."""
     cfg = OmegaConf.to_container(optimizer_cfg, resolve=True)
-    matrices = muon_parameters(model) if cfg["_target_"].endswith(MuonHybrid.__name__) else []
-    if matrices:  # the keys of `other` group the rest; the top-level ones set Muon
+    if cfg["_target_"].endswith(MuonHybrid.__name__):  # the keys of `other` group the rest; the others set Muon
+        matrices = muon_parameters(model)
+        if not matrices:
+            raise UserError(
+                "optimizer=muon found no trainable weight matrix besides the output layer (a frozen "
+                "backbone?); choose another optimizer, e.g. optimizer=adam"
+            )
         other = cfg.pop("other")
         rest = _parameter_groups(other, model, exclude={id(p) for p in matrices})  # pops our keys first
         return instantiate(cfg)(matrices, other=instantiate(other)(rest))

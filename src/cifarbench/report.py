@@ -473,7 +473,7 @@ def write_report(
     (out / "report.md").write_text(text)
     write_csv(out / "report.csv", [HEADERS[c] for c in COLUMNS], rows)
     write_recipes_csv(out / "recipes.csv", entries)
-    plot_overlaid_curves(runs, out / "curves.png")
+    plot_overlaid_curves(listed, out / "curves.png")
     heatmaps = sorted({h for p in paths for h in ([p / "heatmap.png", *list(p.rglob("heatmap.png"))]) if h.is_file()})
     write_html(out / "report.html", runs, rows, recipe_table(entries), search_rows, out / "curves.png", heatmaps)
     return [out / name for name in ("report.md", "report.csv", "recipes.csv", "curves.png", "report.html")]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import re
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ WHERE_AND_HOW = (
 )
 
 
+TRIAL_ENV = "CIFARBENCH_OPTUNA_TRIAL"  # set in each search trial's job (search.py): its id in the study
 REPORT_PRESET = re.compile(r"r\d{3}_")  # conf/experiment/r000_student.yaml ...: the reports' experiments
 
 
@@ -42,6 +44,7 @@ class Run:
     history: list[dict[str, float]] = field(default_factory=list)
     choices: dict[str, str] = field(default_factory=dict)
     overrides: list[str] = field(default_factory=list)
+    trial: bool = False  # a trial of a search (hydra/sweeper=optuna)
 
     @property
     def model(self) -> str:
@@ -78,7 +81,7 @@ class Run:
     @property
     def untested_trial(self) -> bool:
         """A search trial whose test was never read (only the search's best trial is tested)."""
-        return ("test" in self.metrics and self.metrics["test"] is None) or self.status == "pruned"
+        return self.trial and not self.metrics.get("test")
 
     @property
     def preset(self) -> str | None:
@@ -92,7 +95,9 @@ class Run:
         cell of 004's Table 2 for a job of the grid sweep). None where the report gives none.
         It is a fact about the report, so the preset as it is now has the last word (a note or a
         correction added after the run); the run's own saved copy is used when the preset is gone."""
-        reported = preset_reported(self.choices) or self.config.get("reported")
+        reported = preset_reported(self.choices.get("search"), self.choices.get("experiment"))
+        if reported is NO_PRESET:
+            reported = self.config.get("reported")
         if not isinstance(reported, dict):
             return None
         figure = {k: reported.get(k) for k in ("metric", "value", "source", "note")}
@@ -143,20 +148,23 @@ class Run:
         return " ".join([str(self.preset or self.config.get("name", self.model)), *overrides])
 
 
-def preset_reported(choices: dict[str, str]) -> dict[str, Any] | None:
-    """The `reported` entry of the run's search preset (conf/search/), or else of its experiment
-    preset (conf/experiment/), if that file exists and has one."""
+NO_PRESET = object()
+
+
+@functools.cache
+def preset_reported(search: str | None, experiment: str | None) -> Any:
+    """The `reported` entry (a dict, or None) of the run's search preset (conf/search/), or else of
+    its experiment preset (conf/experiment/); NO_PRESET when neither file exists any more."""
     from cifarbench.config import config_dir
 
-    for group in ("search", "experiment"):
-        name = choices.get(group)
+    for group, name in (("search", search), ("experiment", experiment)):
         if name in (None, "None", "null"):
             continue
         text = _read_yaml(config_dir() / group / f"{name}.yaml")
-        figure = text.get("reported") if isinstance(text, dict) else None
-        if isinstance(figure, dict):
-            return figure
-    return None
+        if isinstance(text, dict):
+            figure = text.get("reported")
+            return figure if isinstance(figure, dict) else None
+    return NO_PRESET
 
 
 def _matches(config: dict[str, Any], when: dict[str, Any]) -> bool:
@@ -215,6 +223,7 @@ def load_run(path: Path) -> Run:
     hydra = _read_yaml(path / ".hydra" / "hydra.yaml") or {}
     choices = hydra.get("hydra", {}).get("runtime", {}).get("choices", {}) or {}
     overrides = _read_yaml(path / ".hydra" / "overrides.yaml") or []
+    env_set = hydra.get("hydra", {}).get("job", {}).get("env_set") or {}
     return Run(
         path=path,
         status=metrics.get("status", "unfinished"),
@@ -223,4 +232,5 @@ def load_run(path: Path) -> Run:
         history=history,
         choices={k: str(v) for k, v in choices.items() if not k.startswith("hydra/")},
         overrides=[str(o) for o in overrides],
+        trial=TRIAL_ENV in env_set,
     )

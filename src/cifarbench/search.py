@@ -10,9 +10,11 @@ reports its monitored validation figure after every epoch (`TrialPruning`, calle
 train.run_epochs) and ends `pruned` when the study's pruner says so. Trials never read the test set:
 the best trial (by validation) is tested once, when the search ends.
 
-The study lives in `<sweep dir>/optuna.db` (or `storage`, an RDB URL shared by several machines), so
-the same command with the same `hydra.sweep.dir` continues an interrupted search: finished trials
-stay, interrupted ones resume from their last.pt, and only the missing trials are asked for.
+The study lives in `<sweep dir>/optuna.db` (or `storage`, a database URL), so the same command with
+the same `hydra.sweep.dir` continues an interrupted search: finished trials stay, interrupted ones
+resume from their last.pt, and only the missing trials are asked for. One search process works on
+a study at a time (with joblib, its trials run in parallel): at its start, trials left RUNNING are
+taken to be interrupted.
 """
 
 from __future__ import annotations
@@ -33,18 +35,17 @@ from cifarbench.artifacts import write_text_atomic
 from cifarbench.config import instantiate
 from cifarbench.errors import Pruned, UserError
 from cifarbench.report import markdown_table, write_csv
-from cifarbench.runs import WHERE_AND_HOW, Run, load_run
+from cifarbench.runs import TRIAL_ENV, WHERE_AND_HOW, Run, load_run
 
 if TYPE_CHECKING:
     import optuna
 
 log = logging.getLogger("cifarbench")
 
-TRIAL_ENV = "CIFARBENCH_OPTUNA_TRIAL"  # set in each trial's job (hydra.job.env_set): its id in the study
 STUDY_FILE = "optuna.db"
 SWEEPER_MODULE = "hydra_plugins.cifarbench_optuna_sweeper"
 SEARCH_SPACE_ATTR = "cifarbench_search"  # the study remembers what it searches, to refuse another search
-BEST_TESTED_ATTR = "cifarbench_best_tested"  # {trial, test_accuracy}: the one trial whose test set was read
+BEST_TESTED_ATTR = "cifarbench_tested"  # [{trial, test_accuracy, after_trials}]: trials whose test was read
 FINAL_STATUSES = ("completed", "pruned", "failed", "diverged")
 FAILURES_BEFORE_GIVING_UP = 3  # trials failing before any completes: a broken config or setup, not bad luck
 
@@ -64,9 +65,15 @@ def require_optuna() -> None:
         ) from None
 
 
-def storage_url(storage: str | None, sweep_dir: Path) -> str:
-    """The study's storage: `storage` as given, or a sqlite file in the sweep directory."""
-    return storage or f"sqlite:///{(sweep_dir / STUDY_FILE).resolve()}"
+def study_storage(storage: str | None, sweep_dir: Path) -> optuna.storages.RDBStorage:
+    """The study's storage: `storage` (a database URL) as given, or a sqlite file in the sweep
+    directory. sqlite waits up to a minute for a lock, so parallel trials reporting at the same
+    moment queue up instead of failing with "database is locked"."""
+    import optuna
+
+    url = storage or f"sqlite:///{(sweep_dir / STUDY_FILE).resolve()}"
+    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    return optuna.storages.RDBStorage(url, engine_kwargs=engine)
 
 
 def direction(monitor: str) -> str:
@@ -97,17 +104,26 @@ def search_space(arguments: list[str]) -> SearchSpace:
 
 
 def _distribution(override: Override) -> optuna.distributions.BaseDistribution:
+    """Hydra parses both ends of `interval(a, b)` as floats, so integers are asked for with a tag:
+    `tag(int, interval(16, 64))` (the spelling of Hydra's own Optuna sweeper)."""
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
     value = override.value()
-    log_scale = "log" in getattr(value, "tags", set())
+    tags = getattr(value, "tags", set())
+    where = f"{override.input_line}:"
     if override.is_interval_sweep():
         low, high = value.start, value.end
-        if isinstance(low, int) and isinstance(high, int):
-            return IntDistribution(low, high, log=log_scale)
-        return FloatDistribution(float(low), float(high), log=log_scale)
-    if log_scale:
-        raise UserError(f"{override.input_line}: tag(log, ...) applies to interval(...) only")
+        if not low < high:
+            raise UserError(f"{where} interval(low, high) needs low < high")
+        if "log" in tags and low <= 0:
+            raise UserError(f"{where} tag(log, interval(low, high)) needs low > 0")
+        if "int" in tags:
+            if low != int(low) or high != int(high):
+                raise UserError(f"{where} tag(int, interval(low, high)) needs whole numbers")
+            return IntDistribution(int(low), int(high), log="log" in tags)
+        return FloatDistribution(float(low), float(high), log="log" in tags)
+    if tags & {"log", "int"}:
+        raise UserError(f"{where} tag(log, ...) and tag(int, ...) apply to interval(...) only")
     values = list(override.sweep_iterator())
     if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
         return CategoricalDistribution(values)
@@ -116,6 +132,26 @@ def _distribution(override: Override) -> optuna.distributions.BaseDistribution:
 
 def _override(key: str, value: Any) -> str:
     return f"{key}={value}"  # categorical strings are stored already encoded for the command line
+
+
+def sweeper_params(params: dict[str, Any] | None) -> list[str]:
+    """`hydra.sweeper.params` ({key: expression}) as overrides, before the command line's."""
+    return [f"{key}={expression}" for key, expression in (params or {}).items()]
+
+
+def checked_space(arguments: list[str], enqueue: list[dict[str, Any]]) -> SearchSpace:
+    """The search space, or a UserError naming what is wrong with it (checked by `cifarbench train`
+    before Hydra starts, and again by the sweeper)."""
+    space = search_space(arguments)
+    if not space.distributions:
+        raise UserError("hydra/sweeper=optuna found nothing to search; give e.g. 'model.dropout=interval(0,0.6)'")
+    if "monitor" in space.distributions:
+        raise UserError("monitor is the search's objective and cannot be searched; set one monitor")
+    for setting in enqueue:
+        unknown = set(setting) - set(space.distributions)
+        if unknown:
+            raise UserError(f"hydra.sweeper.enqueue names {', '.join(sorted(unknown))}, which is not searched")
+    return space
 
 
 @dataclass
@@ -138,31 +174,23 @@ class Search:
     def run(self, arguments: list[str]) -> None:
         import optuna
 
-        params = [f"{k}={v}" for k, v in (self.sweeper.params or {}).items()]
-        space = search_space([*params, *arguments])
-        if not space.distributions:
-            fail("hydra/sweeper=optuna found nothing to search; give e.g. 'model.dropout=interval(0,0.6)'")
-        if "monitor" in space.distributions:
-            fail("monitor is the search's objective and cannot be searched; set one monitor")
+        space = checked_space([*sweeper_params(self.sweeper.params), *arguments], self.sweeper.enqueue)
         monitor = str(self.config.monitor)
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = optuna.create_study(
             study_name=self.sweeper.study_name,
-            storage=storage_url(self.sweeper.storage, self.sweep_dir),
+            storage=study_storage(self.sweeper.storage, self.sweep_dir),
             pruner=instantiate(self.sweeper.pruner),
             direction=self.sweeper.direction or direction(monitor),
             load_if_exists=True,
         )
+        _same_search(study, space, monitor, self.sweep_dir)
         earlier_trials = len(study.get_trials(deepcopy=False))
         study.sampler = self._sampler(earlier_trials)
         if not earlier_trials:
-            for params in self.sweeper.enqueue:  # e.g. the report's own best setting, tried first
-                unknown = set(params) - set(space.distributions)
-                if unknown:
-                    fail(f"hydra.sweeper.enqueue names {', '.join(sorted(unknown))}, which this search does not search")
-                study.enqueue_trial(params)
-        _same_search(study, space, monitor, self.sweep_dir)
+            for setting in self.sweeper.enqueue:  # e.g. the report's own best setting, tried first
+                study.enqueue_trial(setting)
         pending = self._take_stock(study)
         n_trials, n_jobs = int(self.sweeper.n_trials), self._n_jobs()
         log.info(
@@ -255,11 +283,6 @@ class Search:
             _tell(study, trial.number, load_run(self.sweep_dir / str(trial.number)), str(self.config.monitor))
 
 
-def fail(message: str) -> None:
-    print(f"cifarbench: error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
 def _same_search(study: optuna.Study, space: SearchSpace, monitor: str, sweep_dir: Path) -> None:
     """The first run of a search records what it searches; a later run into the same directory must
     search the same (where and how it runs aside), or it would mix two searches in one study."""
@@ -269,7 +292,7 @@ def _same_search(study: optuna.Study, space: SearchSpace, monitor: str, sweep_di
     if saved is None:
         study.set_user_attr(SEARCH_SPACE_ATTR, searched)
     elif saved != searched:
-        fail(
+        raise UserError(
             f"{sweep_dir} holds another search ({saved}); run this one into a new hydra.sweep.dir, "
             "or repeat that search's own command to continue it"
         )
@@ -338,7 +361,7 @@ def trial_pruning(run_dir: Path, monitor: str) -> TrialPruning | None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(
         study_name=sweeper.study_name,
-        storage=storage_url(sweeper.storage, run_dir.parent),
+        storage=study_storage(sweeper.storage, run_dir.parent),
         pruner=pruner,
         sampler=optuna.samplers.RandomSampler(),  # this side never samples
     )
@@ -347,23 +370,37 @@ def trial_pruning(run_dir: Path, monitor: str) -> TrialPruning | None:
 
 def test_best_trial(sweep_dir: Path, study: optuna.Study, monitor: str) -> optuna.trial.FrozenTrial | None:
     """Tests the best completed trial (chosen on validation), once: its run directory gets the test
-    files every finished run has, and the study remembers the result (BEST_TESTED_ATTR)."""
+    files every finished run has, and the study remembers it (BEST_TESTED_ATTR). A search continued
+    after its end (a larger n_trials) whose best trial changed tests the new best too; the study
+    keeps every trial whose test was read, and summary.md lists them."""
     from cifarbench.inference import test_deferred
 
     try:
         best = study.best_trial
     except ValueError:  # no trial completed
         return None
-    tested = study.user_attrs.get(BEST_TESTED_ATTR) or {}
-    if tested.get("trial") != best.number:
+    tested = tested_trials(study)
+    if best.number not in {t["trial"] for t in tested}:
         test = test_deferred(sweep_dir / str(best.number))
-        study.set_user_attr(BEST_TESTED_ATTR, {"trial": best.number, "test_accuracy": test["accuracy"]})
+        record = {"trial": best.number, "test_accuracy": test["accuracy"], "after_trials": _count_finished(study)}
+        study.set_user_attr(BEST_TESTED_ATTR, [*tested, record])
     return best
 
 
+def _best_number(study: optuna.Study) -> int | None:
+    try:
+        return study.best_trial.number
+    except ValueError:  # no trial completed
+        return None
+
+
+def tested_trials(study: optuna.Study) -> list[dict[str, Any]]:
+    """Every trial whose test set was read: [{trial, test_accuracy, after_trials}], oldest first."""
+    return list(study.user_attrs.get(BEST_TESTED_ATTR) or [])
+
+
 def best_test_accuracy(study: optuna.Study, number: int) -> float | None:
-    tested = study.user_attrs.get(BEST_TESTED_ATTR) or {}
-    return tested.get("test_accuracy") if tested.get("trial") == number else None
+    return next((t["test_accuracy"] for t in tested_trials(study) if t["trial"] == number), None)
 
 
 def _params_text(params: dict[str, Any]) -> str:
@@ -378,6 +415,7 @@ def write_search_summary(sweep_dir: Path, study: optuna.Study, monitor: str, plo
     """summary.csv/.md: one row per trial (parameters, status, objective, epochs, test accuracy of the
     best trial only) and, with `plots`, Optuna's plots as PNG (matplotlib backend)."""
     trials = study.get_trials(deepcopy=False)
+    best_number = _best_number(study)
     keys = list(dict.fromkeys(k for t in trials for k in t.params))
     headers = ["trial", *(k.lstrip("+") for k in keys), "status", monitor, "epochs", "test_acc", "run_dir"]
     rows = []
@@ -395,7 +433,7 @@ def write_search_summary(sweep_dir: Path, study: optuna.Study, monitor: str, plo
                 status,
                 None if value is None else round(value, 4),
                 run.metrics.get("epochs_run", len(run.history)) if run is not None else None,
-                _round(best_test_accuracy(study, trial.number)),
+                _round(best_test_accuracy(study, trial.number) if trial.number == best_number else None),
                 str(run_dir),
             ]
         )
@@ -415,6 +453,16 @@ def write_search_summary(sweep_dir: Path, study: optuna.Study, monitor: str, plo
         )
     except ValueError:
         text += "No trial has completed yet.\n\n"
+    tested = tested_trials(study)
+    if len(tested) > 1:  # the search was continued after its end and found a new best
+        text += (
+            "The test set was read for: "
+            + ", ".join(
+                f"trial {t['trial']} ({t['test_accuracy']:.2f}%, the best after {t['after_trials']} trials)"
+                for t in tested
+            )
+            + ".\n\n"
+        )
     text += markdown_table(headers[:-1], [row[:-1] for row in rows])
     if plots:
         text += "\n" + write_plots(sweep_dir, study)

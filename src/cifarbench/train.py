@@ -168,6 +168,7 @@ def evaluate(
                 view_logits = model(normalize(view)).float()
             if i == 0 and tta != "none":
                 plain_losses.append(F.cross_entropy(view_logits, labels, reduction="sum"))
+                # argmax of the softmax, as below: ties broken exactly as a separate pass would
                 plain_hits.append((view_logits.softmax(1).argmax(1) == labels).sum())
             logits = logits + weight * view_logits
         losses.append(F.cross_entropy(logits, labels, reduction="sum"))
@@ -342,11 +343,11 @@ def run_epochs(
                 raise
             train_seconds = time.perf_counter() - tic
             state.sync_ranks(world)
-            val_loss = val_acc = math.nan  # not validated this epoch (validate_every)
-            if validated(epoch, cfg.epochs, cfg.validate_every):
-                result = evaluate(state.evaluated, val, batches.normalize, runtime.precision, cfg.eval_batch_size)
-                numbers = [result.loss, result.accuracy]
-                val_loss, val_acc = distributed.main_rank_numbers(numbers, runtime.device, world)
+            # validate_every: a checkpoint from before the key existed validated every epoch
+            is_validated = validated(epoch, cfg.epochs, cfg.get("validate_every", 1))
+            val_loss, val_acc = math.nan, math.nan
+            if is_validated:
+                val_loss, val_acc = validate(state, val, batches.normalize, runtime, cfg.eval_batch_size)
             step.schedule.after_epoch(val_loss)
             row = {
                 "epoch": epoch,
@@ -359,8 +360,8 @@ def run_epochs(
                 "seconds": time.perf_counter() - tic,
             }
             monitored = val_loss if cfg.monitor == "val_loss" else val_acc
-            state.end_epoch(row, None if math.isnan(monitored) else monitored)
-            val_text = "not validated" if math.isnan(val_acc) else f"val loss {val_loss:.4f} acc {val_acc:.2f}%"
+            state.end_epoch(row, monitored if is_validated else None)
+            val_text = f"val loss {val_loss:.4f} acc {val_acc:.2f}%" if is_validated else "not validated"
             log.info(
                 "epoch %d/%d  lr %.3g  train loss %.4f acc %.2f%%  %s  %.1fs",
                 epoch,
@@ -372,24 +373,35 @@ def run_epochs(
                 row["seconds"],
             )
             epochs_bar.set_postfix(val_acc=f"{val_acc:.2f}")
-            logger.log_epoch({k: v for k, v in row.items() if not math.isnan(v)})  # skipped validation: absent
+            logger.log_epoch(row if is_validated else {k: v for k, v in row.items() if not k.startswith("val_")})
             state.save(run_dir, world)  # a collective with several ranks: every rank takes part
             if world.is_main:
                 artifacts.write_history(run_dir, state.history)
             if state.tracker.should_stop:
                 reason = f"early stopping at epoch {epoch}: {state.tracker.reason()}"
                 log.info(reason)
-                if state.lookahead is not None:  # the run ends on the slow weights, and so does last.pt
+                if state.lookahead is not None:  # the run ends on the slow weights: its last row and last.pt too
                     state.lookahead.finish()
+                    row["val_loss"], row["val_acc"] = validate(
+                        state, val, batches.normalize, runtime, cfg.eval_batch_size
+                    )
                     state.save(run_dir, world)
+                    if world.is_main:
+                        artifacts.write_history(run_dir, state.history)
                 return reason
-            if trial is not None and not math.isnan(monitored):
+            if trial is not None and is_validated:
                 try:
                     trial.after_epoch(epoch, monitored)
                 except Pruned as pruned:
                     record_stop(run_dir, pruned, state.history)
                     raise
     return None
+
+
+def validate(state: TrainingState, val: Split, normalize: Normalize, runtime: Runtime, batch_size: int) -> list[float]:
+    """[loss, accuracy] of the weights the run evaluates, rank 0's on every rank."""
+    result = evaluate(state.evaluated, val, normalize, runtime.precision, batch_size)
+    return distributed.main_rank_numbers([result.loss, result.accuracy], runtime.device, runtime.world)
 
 
 def validated(epoch: int, epochs: int, every: int | None) -> bool:

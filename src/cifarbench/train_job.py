@@ -19,7 +19,7 @@ from cifarbench.artifacts import write_json
 from cifarbench.config import register_resolvers
 from cifarbench.errors import TrainingStopped, UserError
 from cifarbench.loggers import flatten
-from cifarbench.runs import WHERE_AND_HOW
+from cifarbench.runs import TRIAL_ENV, WHERE_AND_HOW
 from cifarbench.search import trial_pruning
 from cifarbench.state import load_checkpoint
 from cifarbench.train import fit
@@ -71,7 +71,9 @@ def train_job(cfg: DictConfig) -> float | None:
         if stopped.status == "pruned":  # a search's normal outcome, not a problem
             log.info(message)
             return None
-        if stopped.status == "interrupted":
+        if stopped.status == "interrupted" and os.environ.get(TRIAL_ENV):
+            message += f"; continue the search with its own command and hydra.sweep.dir={run_dir.parent}"
+        elif stopped.status == "interrupted":
             message += f"; last epoch's checkpoint kept, resume with: cifarbench train resume={run_dir}"
         elif (run_dir / "checkpoints" / "last.pt").is_file():
             message += f"; the last good checkpoint is kept: {run_dir / 'checkpoints' / 'last.pt'}"

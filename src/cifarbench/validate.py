@@ -178,8 +178,9 @@ def _sweep_values(override: Override) -> list[str]:
         if not matches:
             raise UserError(f"{override.input_line}: the glob matches no option of {group}")
         return matches
-    if isinstance(value, IntervalSweep):  # Optuna may sample either end
-        return [str(value.start), str(value.end)]
+    if isinstance(value, IntervalSweep):  # Optuna may sample either end (whole numbers with tag(int, ...))
+        ends = [value.start, value.end]
+        return [str(int(e) if "int" in value.tags and e == int(e) else e) for e in ends]
     return list(override.sweep_string_iterator())
 
 
@@ -259,7 +260,7 @@ def _search_space_too(overrides: list[str], plain: list[str], multirun: bool) ->
     """For a search (hydra/sweeper=optuna, or a search= preset): it runs with -m, needs Optuna, and
     optimises a validation figure, so it needs a validation set; the searched values of its
     `hydra.sweeper.params` are checked like the command line's. Other runs: `plain` unchanged."""
-    from cifarbench.search import is_search, require_optuna
+    from cifarbench.search import checked_space, is_search, require_optuna, sweeper_params
 
     hydra_ones = [o for o in overrides if o.startswith(("hydra/sweeper", "hydra.sweeper"))]
     try:
@@ -276,8 +277,10 @@ def _search_space_too(overrides: list[str], plain: list[str], multirun: bool) ->
             "data.val_size=0 is refused in a search: its objective is the validation set, which would "
             "then be the test set; set data.val_size=N (e.g. 5000)"
         )
+    sweeper = OmegaConf.to_container(first.hydra.sweeper)
+    params, enqueue = sweeper.get("params") or {}, sweeper.get("enqueue") or []
+    checked_space([*sweeper_params(params), *plain], enqueue)  # the distributions and what is enqueued
     given = {o.split("=", 1)[0].lstrip("+~") for o in plain}
-    params = first.hydra.sweeper.get("params") or {}
     return [*(f"{k}={v}" for k, v in params.items() if k.lstrip("+~") not in given), *plain]
 
 

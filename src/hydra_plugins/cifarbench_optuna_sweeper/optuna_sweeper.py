@@ -5,6 +5,7 @@ this module loads (for Hydra's plugin scan) without the optional extra installed
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from hydra.core.plugins import Plugins
@@ -38,6 +39,11 @@ class OptunaSweeper(Sweeper):
         )
 
     def sweep(self, arguments: list[str]) -> None:
+        from cifarbench.errors import UserError
         from cifarbench.search import Search
 
-        Search(self, self.config, self.launcher).run(arguments)
+        try:
+            Search(self, self.config, self.launcher).run(arguments)
+        except UserError as exc:  # Hydra would print a traceback and exit 1
+            print(f"cifarbench: error: {exc}", file=sys.stderr)
+            sys.exit(2)
