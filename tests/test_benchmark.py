@@ -33,8 +33,11 @@ def test_benchmark_script_writes_a_consistent_table(run_env: dict, tmp_path: Pat
     # backward costs twice the forward, except the first conv's input gradient, which nothing needs
     expected_gflop = (3 * 2 * BASELINE_FORWARD_MACS - 2 * FIRST_CONV_MACS) / 1e9
     assert row["train_gflop_per_image"] == pytest.approx(expected_gflop, abs=1e-4)
-    assert row["cifarbench_gflops"] == pytest.approx(row["cifarbench"] * row["train_gflop_per_image"], rel=0.01)
-    assert row["reference_gflops"] == pytest.approx(row["reference"] * row["train_gflop_per_image"], rel=0.01)
+    # GFLOP/s are written to 0.1, and img/s to 0.1 too: on a loaded machine (a few img/s) that rounding
+    # alone is more than 1% of the product
+    for side in ("cifarbench", "reference"):
+        rounding = 0.05 + 0.05 * row["train_gflop_per_image"]
+        assert row[f"{side}_gflops"] == pytest.approx(row[side] * row["train_gflop_per_image"], rel=0.01, abs=rounding)
     assert table["matmul_peak_gflops"]["cifarbench"] > 0 and table["matmul_peak_gflops"]["reference"] > 0
     peak = table["matmul_peak_gflops"]["cifarbench"]
     assert row["ratio_bound"] == pytest.approx(peak / row["reference_gflops"], rel=0.01)
