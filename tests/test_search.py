@@ -14,6 +14,8 @@ import optuna  # the [optuna] extra, part of [test]
 import pytest
 import yaml
 
+from cifarbench.errors import UserError
+from cifarbench.validate import check_overrides
 from conftest import SMOKE, cli
 
 TINY = [*SMOKE, "data.train_subset=200", "threads=1"]
@@ -138,16 +140,6 @@ def test_parallel_trials_share_the_study(tmp_path: Path, run_env: dict) -> None:
     [
         (["hydra/sweeper=optuna", "model.dropout=interval(0,0.6)"], "add -m"),
         (["-m", "search=r004_table2", "data.val_size=0"], "data.val_size=0 is refused in a search"),
-        (["-m", "hydra/sweeper=optuna", "model.dropout=interval(0,1.5)"], "model.dropout=1.5 is not allowed"),
-        (["-m", "hydra/sweeper=optuna", "batch_size=choice(0,64)", "model.dropout=0.1"], "batch_size=0 is not allowed"),
-        (["-m", "hydra/sweeper=optuna", "optimizer.lr=tag(log,interval(0,1e-2))"], "needs low > 0"),
-        (["-m", "hydra/sweeper=optuna", "model.dropout=interval(0.5,0.2)"], "interval(low, high) needs low < high"),
-        (["-m", "hydra/sweeper=optuna", "batch_size=tag(log,choice(32,64))"], "apply to interval(...) only"),
-        (["-m", "hydra/sweeper=optuna", "epochs=tag(int,interval(1,2.5))"], "needs whole numbers"),
-        (
-            ["-m", "hydra/sweeper=optuna", "model.dropout=interval(0,0.5)", "hydra.sweeper.enqueue=[{epochs:3}]"],
-            "hydra.sweeper.enqueue names epochs, which is not searched",
-        ),
     ],
 )
 def test_a_bad_search_is_one_line_before_anything_runs(args: list[str], message: str, tmp_path: Path) -> None:
@@ -156,6 +148,26 @@ def test_a_bad_search_is_one_line_before_anything_runs(args: list[str], message:
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert message in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["model.dropout=interval(0,1.5)"], "sweep job model.dropout=1.5: model.dropout=1.5 is not allowed"),
+        (["batch_size=choice(0,64)", "model.dropout=0.1"], "batch_size=0 is not allowed"),
+        (["optimizer.lr=tag(log,interval(0,1e-2))"], "needs low > 0"),
+        (["model.dropout=interval(0.5,0.2)"], "interval(low, high) needs low < high"),
+        (["batch_size=tag(log,choice(32,64))"], "apply to interval(...) only"),
+        (["epochs=tag(int,interval(1,2.5))"], "needs whole numbers"),
+        (["model.dropout=interval(0,0.5)", "hydra.sweeper.enqueue=[{epochs:3}]"], "enqueue names epochs, which is not"),
+    ],
+)
+def test_every_value_a_search_may_try_is_checked_first(args: list[str], message: str) -> None:
+    """The same check `cifarbench train` runs before Hydra starts (the two cases above show it is
+    one line and exit status 2 there)."""
+    with pytest.raises(UserError) as caught:
+        check_overrides(["-m", "hydra/sweeper=optuna", *args])
+    assert message in str(caught.value)
 
 
 def test_another_search_into_the_same_directory_is_refused(search: Path, tmp_path: Path, run_env: dict) -> None:
