@@ -1,8 +1,21 @@
 """Exceptions the CLI turns into a clear message instead of a traceback."""
 
+import importlib
+from types import ModuleType
+
 
 class UserError(Exception):
     """A problem the user can fix (bad config, missing data, bad file): one line, exit status 2."""
+
+
+def import_extra(module: str, extra: str, chosen: str) -> ModuleType:
+    """`module`, which the optional `extra` installs; `chosen` (e.g. logger=wandb) needs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise UserError(
+            f"{chosen} needs the optional '{extra}' extra, which is not installed: pip install 'cifarbench[{extra}]'"
+        ) from None
 
 
 def show(value: object) -> str:

@@ -88,8 +88,8 @@ def test_deferred(run_dir: Path) -> dict:
     loaded = load_trained(run_dir, "auto")
     cfg, test, normalize, precision = _test_setting(loaded)
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    result, without_tta = test_model(loaded.model, cfg, test, normalize, precision, metrics["test_weights_epoch"])
-    metrics.update(test=artifacts.test_metrics(result, CLASSES), test_without_tta=without_tta)
+    result = test_model(loaded.model, cfg, test, normalize, precision, metrics["test_weights_epoch"])
+    metrics.update(test=artifacts.test_metrics(result, CLASSES), test_without_tta=result.without_tta)
     artifacts.write_run(run_dir, metrics, result, test.images.cpu(), CLASSES, loaded.history)
     return metrics["test"]
 

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from cifarbench.errors import UserError
+from cifarbench.errors import import_extra
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -20,16 +20,6 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[name] = value if isinstance(value, int | float | str | bool) else str(value)
     return flat
-
-
-def _require(module: str, extra: str, logger: str) -> Any:
-    try:
-        return __import__(module, fromlist=["_"])
-    except ImportError:
-        raise UserError(
-            f"logger={logger} needs the optional '{extra}' extra, which is not installed: "
-            f"pip install 'cifarbench[{extra}]'"
-        ) from None
 
 
 class NoLogger:
@@ -48,7 +38,7 @@ class TensorBoardLogger:
     in <run_dir>/tensorboard (`tensorboard --logdir outputs`)."""
 
     def __init__(self, run_dir: Path, config: dict[str, Any], subdir: str = "tensorboard") -> None:
-        _require("tensorboard", "tensorboard", "tensorboard")
+        import_extra("tensorboard", "tensorboard", "logger=tensorboard")
         from torch.utils.tensorboard import SummaryWriter
 
         self.run_dir = run_dir
@@ -87,7 +77,7 @@ class MLflowLogger:
     ) -> None:
         # MLflow 3 keeps its plain-folder store only on request; ./mlruns is what people expect here.
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-        self.mlflow = _require("mlflow", "mlflow", "mlflow")
+        self.mlflow = import_extra("mlflow", "mlflow", "logger=mlflow")
         self.run_dir = run_dir
         self.mlflow.set_tracking_uri(tracking_uri or Path("mlruns").resolve().as_uri())
         self.mlflow.set_experiment(experiment or str(config.get("name", "cifarbench")))
@@ -121,7 +111,7 @@ class WandbLogger:
         mode: str | None = None,
         tags: list[str] | None = None,
     ) -> None:
-        self.wandb = _require("wandb", "wandb", "wandb")
+        self.wandb = import_extra("wandb", "wandb", "logger=wandb")
         self.run_dir = run_dir
         self.run = self.wandb.init(
             project=project or str(config.get("name", "cifarbench")),

@@ -475,5 +475,5 @@ def write_report(
     write_recipes_csv(out / "recipes.csv", entries)
     plot_overlaid_curves(listed, out / "curves.png")
     heatmaps = sorted({h for p in paths for h in ([p / "heatmap.png", *list(p.rglob("heatmap.png"))]) if h.is_file()})
-    write_html(out / "report.html", runs, rows, recipe_table(entries), search_rows, out / "curves.png", heatmaps)
+    write_html(out / "report.html", listed, rows, recipe_table(entries), search_rows, out / "curves.png", heatmaps)
     return [out / name for name in ("report.md", "report.csv", "recipes.csv", "curves.png", "report.html")]

@@ -33,9 +33,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from cifarbench.artifacts import write_text_atomic
 from cifarbench.config import instantiate
-from cifarbench.errors import Pruned, UserError
+from cifarbench.errors import Pruned, UserError, import_extra
 from cifarbench.report import markdown_table, write_csv
 from cifarbench.runs import TRIAL_ENV, WHERE_AND_HOW, Run, load_run
+from cifarbench.stopping import BestTracker
 
 if TYPE_CHECKING:
     import optuna
@@ -56,13 +57,7 @@ def is_search(sweeper: DictConfig) -> bool:
 
 
 def require_optuna() -> None:
-    try:
-        import optuna  # noqa: F401
-    except ImportError:
-        raise UserError(
-            "hydra/sweeper=optuna needs the optional 'optuna' extra, which is not installed: "
-            "pip install 'cifarbench[optuna]'"
-        ) from None
+    import_extra("optuna", "optuna", "hydra/sweeper=optuna")
 
 
 def study_storage(storage: str | None, sweep_dir: Path) -> optuna.storages.RDBStorage:
@@ -74,10 +69,6 @@ def study_storage(storage: str | None, sweep_dir: Path) -> optuna.storages.RDBSt
     url = storage or f"sqlite:///{(sweep_dir / STUDY_FILE).resolve()}"
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
     return optuna.storages.RDBStorage(url, engine_kwargs=engine)
-
-
-def direction(monitor: str) -> str:
-    return "minimize" if monitor.endswith("loss") else "maximize"
 
 
 @dataclass
@@ -130,10 +121,6 @@ def _distribution(override: Override) -> optuna.distributions.BaseDistribution:
     return CategoricalDistribution(list(override.sweep_iterator(transformer=Transformer.encode)))
 
 
-def _override(key: str, value: Any) -> str:
-    return f"{key}={value}"  # categorical strings are stored already encoded for the command line
-
-
 def sweeper_params(params: dict[str, Any] | None) -> list[str]:
     """`hydra.sweeper.params` ({key: expression}) as overrides, before the command line's."""
     return [f"{key}={expression}" for key, expression in (params or {}).items()]
@@ -182,7 +169,7 @@ class Search:
             study_name=self.sweeper.study_name,
             storage=study_storage(self.sweeper.storage, self.sweep_dir),
             pruner=instantiate(self.sweeper.pruner),
-            direction=self.sweeper.direction or direction(monitor),
+            direction=self.sweeper.direction or ("minimize" if BestTracker(monitor).minimize else "maximize"),
             load_if_exists=True,
         )
         _same_search(study, space, monitor, self.sweep_dir)
@@ -271,7 +258,7 @@ class Search:
         jobs = [
             [
                 *fixed,
-                *(_override(key, value) for key, value in trial.params.items()),
+                *(f"{key}={value}" for key, value in trial.params.items()),  # strings stored encoded
                 f"hydra.sweep.subdir={trial.number}",
                 f"++hydra.job.env_set.{TRIAL_ENV}={trial.trial_id}",
             ]
@@ -354,7 +341,6 @@ def trial_pruning(run_dir: Path, monitor: str) -> TrialPruning | None:
         return None
     import optuna
     from hydra.core.hydra_config import HydraConfig
-    from hydra.utils import instantiate
 
     sweeper = HydraConfig.get().sweeper
     pruner = instantiate(sweeper.pruner)
@@ -375,9 +361,8 @@ def test_best_trial(sweep_dir: Path, study: optuna.Study, monitor: str) -> optun
     keeps every trial whose test was read, and summary.md lists them."""
     from cifarbench.inference import test_deferred
 
-    try:
-        best = study.best_trial
-    except ValueError:  # no trial completed
+    best = _best(study)
+    if best is None:
         return None
     tested = tested_trials(study)
     if best.number not in {t["trial"] for t in tested}:
@@ -387,9 +372,9 @@ def test_best_trial(sweep_dir: Path, study: optuna.Study, monitor: str) -> optun
     return best
 
 
-def _best_number(study: optuna.Study) -> int | None:
+def _best(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
     try:
-        return study.best_trial.number
+        return study.best_trial
     except ValueError:  # no trial completed
         return None
 
@@ -415,7 +400,7 @@ def write_search_summary(sweep_dir: Path, study: optuna.Study, monitor: str, plo
     """summary.csv/.md: one row per trial (parameters, status, objective, epochs, test accuracy of the
     best trial only) and, with `plots`, Optuna's plots as PNG (matplotlib backend)."""
     trials = study.get_trials(deepcopy=False)
-    best_number = _best_number(study)
+    best = _best(study)
     keys = list(dict.fromkeys(k for t in trials for k in t.params))
     headers = ["trial", *(k.lstrip("+") for k in keys), "status", monitor, "epochs", "test_acc", "run_dir"]
     rows = []
@@ -433,7 +418,7 @@ def write_search_summary(sweep_dir: Path, study: optuna.Study, monitor: str, plo
                 status,
                 None if value is None else round(value, 4),
                 run.metrics.get("epochs_run", len(run.history)) if run is not None else None,
-                _round(best_test_accuracy(study, trial.number) if trial.number == best_number else None),
+                _round(best_test_accuracy(study, trial.number) if best and trial.number == best.number else None),
                 str(run_dir),
             ]
         )
@@ -443,16 +428,15 @@ def write_search_summary(sweep_dir: Path, study: optuna.Study, monitor: str, plo
         f"Study `{study.study_name}`; objective: {monitor} "
         f"({study.direction.name.lower()}), the validation set; the test set is read for the best trial only.\n\n"
     )
-    try:
-        best = study.best_trial
+    if best is None:
+        text += "No trial has completed yet.\n\n"
+    else:
         test = best_test_accuracy(study, best.number)
         text += (
             f"**Best trial {best.number}**: {_params_text(best.params)}; {monitor} {best.value:.4f}"
             + (f"; test accuracy **{test:.2f}%**" if test is not None else "; not tested yet")
             + f" ({sweep_dir / str(best.number)})\n\n"
         )
-    except ValueError:
-        text += "No trial has completed yet.\n\n"
     tested = tested_trials(study)
     if len(tested) > 1:  # the search was continued after its end and found a new best
         text += (

@@ -207,13 +207,13 @@ def fit(cfg: DictConfig, run_dir: Path, resume: dict | None = None, trial: Trial
     setup_seconds = (datetime.now() - started).total_seconds()
     stop_reason = run_epochs(cfg, state, step, batches, splits.val, run_dir, runtime, logger, trial)
 
-    test, without_tta, tic = None, None, time.perf_counter()
+    test, tic = None, time.perf_counter()
     if trial is None:
-        test, without_tta = final_test(cfg, state, splits.test, normalize, runtime.precision)
+        test = final_test(cfg, state, splits.test, normalize, runtime.precision)
     metrics = artifacts.run_metrics(state.history, test, CLASSES, run_record(cfg, state, splits, runtime))
     metrics.update(
         stopped_early=stop_reason,
-        test_without_tta=without_tta,
+        test_without_tta=None if test is None else test.without_tta,
         resumed=resume is not None,
         started_at=started.isoformat(timespec="seconds"),
         setup_seconds=setup_seconds,  # start to the first epoch: imports aside, data, model, restore
@@ -412,7 +412,7 @@ def validated(epoch: int, epochs: int, every: int | None) -> bool:
 
 def final_test(
     cfg: DictConfig, state: TrainingState, test: Split, normalize: Normalize, precision: Precision
-) -> tuple[EvalResult, dict | None]:
+) -> EvalResult:
     """The test set, read once: the weights `test_weights` names (state.weights_to_test) with `tta`,
     and the same weights without test-time augmentation when `tta` is on."""
     state.evaluated.load_state_dict(weights_to_test(state.weights(), cfg.test_weights))
@@ -421,7 +421,7 @@ def final_test(
 
 def test_model(
     model: nn.Module, cfg: DictConfig, test: Split, normalize: Normalize, precision: Precision, epoch: int
-) -> tuple[EvalResult, dict | None]:
+) -> EvalResult:
     """`model` (holding the weights of `epoch`) on the test set, as `cfg` says: with `tta`, and
     without it too when `tta` is on (from the same pass)."""
     result = evaluate(model, test, normalize, precision, cfg.eval_batch_size, cfg.tta)
@@ -435,7 +435,7 @@ def test_model(
     )
     if result.without_tta is not None:
         log.info("test without tta: loss %.4f acc %.2f%%", result.without_tta["loss"], result.without_tta["accuracy"])
-    return result, result.without_tta
+    return result
 
 
 def run_record(cfg: DictConfig, state: TrainingState, splits: DataSplits, runtime: Runtime) -> dict:

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from cifarbench.config import GROUPS, config_dir, group_options, register_resolvers
-from cifarbench.errors import UserError, show
+from cifarbench.errors import UserError, import_extra, show
 from cifarbench.options import (
     DEVICES,
     FLIPS,
@@ -123,7 +123,7 @@ def check_sparse_validation(cfg: DictConfig) -> None:
             f"validate_every={shown} is refused with early_stopping.enabled=true, whose patience counts "
             "validated epochs; use validate_every=1"
         )
-    if str(OmegaConf.select(cfg, "scheduler._target_")).endswith("ReduceLROnPlateau"):
+    if _plateau(cfg):
         raise UserError(
             f"validate_every={shown} is refused with scheduler=plateau, which steps on each epoch's "
             "validation loss; use validate_every=1"
@@ -147,11 +147,15 @@ def check_test_set_is_read_once(cfg: DictConfig) -> None:
             f"early_stopping.enabled=true is refused: {why} training would stop on test numbers; "
             f"use early_stopping.enabled=false, {instead}"
         )
-    if str(OmegaConf.select(cfg, "scheduler._target_")).endswith("ReduceLROnPlateau"):
+    if _plateau(cfg):
         raise UserError(
             f"scheduler=plateau is refused: {why} the learning rate would follow the test loss; "
             f"choose another scheduler, {instead}"
         )
+
+
+def _plateau(cfg: DictConfig) -> bool:
+    return str(OmegaConf.select(cfg, "scheduler._target_")).endswith("ReduceLROnPlateau")
 
 
 MAX_JOBS_CHECKED_TOGETHER = 256  # larger grids: each value is checked with the others' first values
@@ -214,19 +218,10 @@ LAUNCHERS = {
 
 
 def check_launcher(overrides: list[str]) -> None:
-    import importlib
-
     for override in overrides:
         name = override.split("=", 1)[1] if override.startswith("hydra/launcher=") else None
         if name in LAUNCHERS:
-            try:
-                importlib.import_module(LAUNCHERS[name][0])
-            except ImportError:
-                extra = LAUNCHERS[name][1]
-                raise UserError(
-                    f"hydra/launcher={name} needs the optional '{extra}' extra, which is not installed: "
-                    f"pip install 'cifarbench[{extra}]'"
-                ) from None
+            import_extra(*LAUNCHERS[name], f"hydra/launcher={name}")
 
 
 def check_overrides(overrides: list[str]) -> DictConfig:
@@ -279,9 +274,8 @@ def _search_space_too(overrides: list[str], plain: list[str], multirun: bool) ->
         )
     sweeper = OmegaConf.to_container(first.hydra.sweeper)
     params, enqueue = sweeper.get("params") or {}, sweeper.get("enqueue") or []
-    checked_space([*sweeper_params(params), *plain], enqueue)  # the distributions and what is enqueued
-    given = {o.split("=", 1)[0].lstrip("+~") for o in plain}
-    return [*(f"{k}={v}" for k, v in params.items() if k.lstrip("+~") not in given), *plain]
+    space = checked_space([*sweeper_params(params), *plain], enqueue)  # the command line replaces params
+    return [*space.fixed, *space.expressions]
 
 
 def _check_added_keys(job: list[str]) -> None:
