@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import os
 import statistics
 from pathlib import Path
@@ -22,17 +21,9 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
+from cifarbench.files import write_json, write_text_atomic
+
 HISTORY_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "train_seconds", "seconds")
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def write_history(run_dir: Path, history: list[dict]) -> None:

@@ -15,11 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-
 from cifarbench.errors import UserError
 from cifarbench.runs import REPORT_PRESET, Run, find_runs
 
@@ -252,6 +247,12 @@ def write_recipes_csv(path: Path, entries: list[dict[str, Any]]) -> None:
 
 
 def plot_overlaid_curves(runs: list[Run], path: Path) -> None:
+    # matplotlib here, not at the top: the search's command-line check imports this module's tables
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(13, 5))
     for run in runs:
         if not run.history:

@@ -31,9 +31,9 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, Transformer
 from omegaconf import DictConfig, OmegaConf
 
-from cifarbench.artifacts import write_text_atomic
 from cifarbench.config import instantiate
 from cifarbench.errors import Pruned, UserError, import_extra
+from cifarbench.files import write_text_atomic
 from cifarbench.report import markdown_table, write_csv
 from cifarbench.runs import TRIAL_ENV, WHERE_AND_HOW, Run, load_run
 from cifarbench.stopping import BestTracker

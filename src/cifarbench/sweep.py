@@ -19,7 +19,7 @@ import numpy as np
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from cifarbench.artifacts import write_text_atomic
+from cifarbench.files import write_text_atomic
 from cifarbench.report import (
     RECIPE_HEADERS,
     markdown_table,

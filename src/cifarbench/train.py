@@ -33,6 +33,7 @@ from cifarbench.config import instantiate
 from cifarbench.data import CLASSES, Batches, DataSplits, Normalize, Split, batch_indices, load_cifar10, make_splits
 from cifarbench.distributed import SINGLE_PROCESS, World, all_reduce_sum, any_rank
 from cifarbench.errors import Diverged, Interrupted, Pruned, TrainingStopped, UserError
+from cifarbench.files import write_json
 from cifarbench.interrupt import StopRequest
 from cifarbench.loggers import NoLogger
 from cifarbench.models import build_model, count_parameters
@@ -506,4 +507,4 @@ def record_stop(run_dir: Path, stopped: TrainingStopped, history: list[dict]) ->
     }
     if isinstance(stopped, Interrupted) and history:
         info["resume"] = f"cifarbench train resume={run_dir}"
-    artifacts.write_json(run_dir / "metrics.json", info)
+    write_json(run_dir / "metrics.json", info)

@@ -15,9 +15,9 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from cifarbench import distributed
-from cifarbench.artifacts import write_json
 from cifarbench.config import register_resolvers
 from cifarbench.errors import TrainingStopped, UserError
+from cifarbench.files import write_json
 from cifarbench.loggers import flatten
 from cifarbench.runs import TRIAL_ENV, WHERE_AND_HOW
 from cifarbench.search import trial_pruning
