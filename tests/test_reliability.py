@@ -69,6 +69,18 @@ def test_bad_config_is_one_line_and_status_2(tmp_path: Path, overrides: list[str
     assert not (tmp_path / "outputs").exists()  # no half-written run directory
 
 
+@pytest.mark.parametrize("overrides", [["optimizer.lr=0"], ["-m", "search=r004_table2", "data.val_size=0"]])
+def test_a_bad_config_is_refused_before_torch_is_imported(tmp_path: Path, overrides: list[str]) -> None:
+    # A mistyped command line should fail in a second, not after the seconds torch, matplotlib and
+    # scikit-learn take to import: here they cannot be imported at all.
+    for name in ("torch", "matplotlib", "sklearn"):
+        (tmp_path / "blocked" / name).mkdir(parents=True)
+        (tmp_path / "blocked" / name / "__init__.py").write_text(f"raise ImportError('{name} imported')\n")
+    result = cli("train", *overrides, cwd=tmp_path, env={"PYTHONPATH": str(tmp_path / "blocked")}, check=False)
+    assert result.returncode == 2 and "imported" not in result.stderr, result.stderr
+    assert result.stderr.startswith("cifarbench: error: ")
+
+
 def test_the_refusal_of_test_selected_weights_names_both_ways_out(tmp_path: Path) -> None:
     result = cli("train", "data.val_size=0", cwd=tmp_path, check=False)
     assert "use test_weights=last (the final weights), or set data.val_size=N" in result.stderr
