@@ -14,6 +14,7 @@ import optuna  # the [optuna] extra, part of [test]
 import pytest
 import yaml
 
+from cifarbench.config import group_options
 from cifarbench.errors import UserError
 from cifarbench.validate import check_overrides
 from conftest import SMOKE, cli
@@ -209,3 +210,9 @@ def test_the_search_space_follows_hydras_optuna_syntax() -> None:
         "seed": CategoricalDistribution([1, 2]),
     }
     assert space.fixed == ["name=x"]
+
+
+@pytest.mark.parametrize("preset", group_options("search"))
+def test_every_search_preset_passes_the_check_and_searches_on_validation(preset: str) -> None:
+    cfg = check_overrides(["-m", f"search={preset}"])  # its space, its enqueued settings, each job's config
+    assert cfg.data.val_size > 0 and cfg.monitor in ("val_acc", "val_loss")
