@@ -470,6 +470,8 @@ def write_plots(sweep_dir: Path, study: optuna.Study) -> str:
     import optuna
     from optuna.visualization import matplotlib as optuna_plots
 
+    # a choice() of numbers is a categorical axis: matplotlib would log that at INFO into every job log
+    logging.getLogger("matplotlib.category").setLevel(logging.WARNING)
     plots = {
         "optimization_history.png": optuna_plots.plot_optimization_history,
         "intermediate_values.png": optuna_plots.plot_intermediate_values,
