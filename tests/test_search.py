@@ -79,6 +79,10 @@ def test_report_understands_a_search_directory(search: Path, tmp_path: Path) -> 
     row = next(line for line in text.splitlines() if line.startswith(f"| {search} |"))
     assert f"| {best['trial']} |" in row and best["test_acc"] in row
     assert "| 4 |" in row
+    dropout = yaml.safe_load((search / best["trial"] / "config.yaml").read_text())["model"]["dropout"]
+    recipes = [line for line in text.splitlines() if line.startswith("| ") and "model.dropout=" in line]
+    recipe = next(line for line in recipes if line != row)
+    assert f"model.dropout={float(f'{dropout:.4g}')} " in recipe  # the searched value, short, as in summary.md
 
 
 def test_a_stalled_trial_is_pruned_and_keeps_its_run_directory(tmp_path: Path, run_env: dict) -> None:

@@ -35,7 +35,7 @@ from cifarbench.config import instantiate
 from cifarbench.errors import Pruned, UserError, import_extra
 from cifarbench.files import write_text_atomic
 from cifarbench.report import markdown_table, write_csv
-from cifarbench.runs import TRIAL_ENV, WHERE_AND_HOW, Run, load_run
+from cifarbench.runs import TRIAL_ENV, WHERE_AND_HOW, Run, load_run, short_number
 from cifarbench.stopping import BestTracker
 
 if TYPE_CHECKING:
@@ -389,11 +389,7 @@ def best_test_accuracy(study: optuna.Study, number: int) -> float | None:
 
 
 def _params_text(params: dict[str, Any]) -> str:
-    return " ".join(f"{k.lstrip('+')}={_short(v)}" for k, v in params.items())
-
-
-def _short(value: Any) -> Any:
-    return float(f"{value:.4g}") if isinstance(value, float) else value
+    return " ".join(f"{k.lstrip('+')}={short_number(v)}" for k, v in params.items())
 
 
 def write_search_summary(sweep_dir: Path, study: optuna.Study, monitor: str, plots: bool = False) -> None:
@@ -414,7 +410,7 @@ def write_search_summary(sweep_dir: Path, study: optuna.Study, monitor: str, plo
         rows.append(
             [
                 trial.number,
-                *(_short(trial.params.get(k)) for k in keys),
+                *(short_number(trial.params.get(k)) for k in keys),
                 status,
                 None if value is None else round(value, 4),
                 run.metrics.get("epochs_run", len(run.history)) if run is not None else None,
