@@ -299,7 +299,7 @@ def test_a_grid_job_is_compared_with_its_own_cell_of_the_table() -> None:
         table2 = compose("config", overrides=["experiment=r004_table2", "model.dropout=0.4", "batch_size=128"])
         table1 = compose("config", overrides=["experiment=r004_kerascnn"])  # batch 64, dropout 0.3: not the grid
     config = OmegaConf.to_container(table2, resolve=True)
-    figure = {"metric": "test_acc", "value": 85.1, "source": "004 Table 2", "note": None}
+    figure = {"metric": "test_acc", "value": 85.1, "source": "004 Table 2", "note": table2.reported.note}
     assert Run(Path("x"), "completed", config=config).reported == figure
     config["batch_size"] = 32  # no cell of Table 2, and the grid's preset has no figure of its own
     assert Run(Path("x"), "completed", config=config).reported is None
