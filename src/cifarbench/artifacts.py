@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import os
 import statistics
 from pathlib import Path
 from typing import Any
@@ -21,18 +20,13 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
-from cifarbench.files import write_json, write_text_atomic
+from cifarbench.files import write_csv, write_json, write_text_atomic
 
 HISTORY_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "train_seconds", "seconds")
 
 
 def write_history(run_dir: Path, history: list[dict]) -> None:
-    tmp = run_dir / "history.csv.tmp"
-    with tmp.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=HISTORY_FIELDS)
-        writer.writeheader()
-        writer.writerows(history)
-    os.replace(tmp, run_dir / "history.csv")
+    write_csv(run_dir / "history.csv", HISTORY_FIELDS, [[row.get(f) for f in HISTORY_FIELDS] for row in history])
 
 
 def run_metrics(history: list[dict], test, classes: tuple[str, ...], extra: dict[str, Any]) -> dict[str, Any]:

@@ -1,11 +1,15 @@
 """Writing a file so that a crash or a kill never leaves half of it: the text goes to a temporary
-file beside it, which then replaces it in one step. Kept free of torch and matplotlib, so that
-checking a command line (validate.py, search.py) stays quick."""
+file beside it (named by the process, as parallel sweep jobs rewrite the same summary), which then
+replaces it in one step. Kept free of torch and matplotlib, so that checking a command line
+(validate.py, search.py) stays quick."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,3 +22,12 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
     write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+
+
+def write_csv(path: Path, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """A header and rows; None is an empty cell."""
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(headers)
+    writer.writerows([["" if v is None else v for v in row] for row in rows])
+    write_text_atomic(path, text.getvalue())

@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import csv
 import html
-import os
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cifarbench.errors import UserError
+from cifarbench.files import write_csv
 from cifarbench.runs import REPORT_PRESET, Run, find_runs
 
 
@@ -93,16 +93,6 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
-
-
-def write_csv(path: Path, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    """Atomic (temporary file, then rename): parallel sweep jobs rewrite the same summary."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(headers)
-        writer.writerows([["" if v is None else v for v in row] for row in rows])
-    os.replace(tmp, path)
 
 
 def table(runs: list[Run], sort: str, descending: bool) -> list[list[Any]]:

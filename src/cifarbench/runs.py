@@ -156,14 +156,10 @@ def short_number(value: Any) -> Any:
 def _short_override(override: str) -> str:
     key, sep, value = override.partition("=")
     try:
-        int(value)
-        return override
+        number = float(value)
     except ValueError:
-        pass
-    try:
-        return f"{key}{sep}{short_number(float(value))}"
-    except ValueError:
-        return override
+        return override  # not a number
+    return override if value.lstrip("+-").isdigit() else f"{key}{sep}{short_number(number)}"
 
 
 NO_PRESET = object()

@@ -33,8 +33,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from cifarbench.config import instantiate
 from cifarbench.errors import Pruned, UserError, import_extra
-from cifarbench.files import write_text_atomic
-from cifarbench.report import markdown_table, write_csv
+from cifarbench.files import write_csv, write_text_atomic
+from cifarbench.report import markdown_table
 from cifarbench.runs import TRIAL_ENV, WHERE_AND_HOW, Run, load_run, short_number
 from cifarbench.stopping import BestTracker
 

@@ -19,14 +19,13 @@ import numpy as np
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from cifarbench.files import write_text_atomic
+from cifarbench.files import write_csv, write_text_atomic
 from cifarbench.report import (
     RECIPE_HEADERS,
     markdown_table,
     recipe_table,
     recipes,
     spread,
-    write_csv,
     write_recipes_csv,
 )
 from cifarbench.runs import Run, load_run
