@@ -8,8 +8,9 @@ the data, building and initialising the model, validating after epochs, the fina
 writing the run directory. This script times each of those pieces the way `cifarbench train` runs
 them (the same functions, the preset's config, this machine's precision) without training, and
 compares the two ways the run has done them: before (validation after every epoch; the final test
-in TTA views plus a separate pass without TTA) and now (validate_every: null - once, after the last
-epoch; the figures without TTA from the TTA pass's own first view). Medians over repeats; the JSON
+in TTA views plus a separate pass without TTA) and now (the preset's `validate_every` - 0 for fast and
+fast_muon, whose validation set is the test set: no pass; the figures without TTA from the TTA
+pass's own first view). Medians over repeats; the JSON
 records the CPU. It needs the data cache (`cifarbench data import ...`, or $CIFARBENCH_DATA).
 """
 
@@ -33,7 +34,7 @@ from cifarbench.config import config_dir, register_resolvers
 from cifarbench.data import CLASSES, Normalize, load_cifar10, make_splits
 from cifarbench.models import build_model
 from cifarbench.runtime import cpu_description, select_precision
-from cifarbench.train import evaluate
+from cifarbench.train import evaluate, validated
 
 
 def seconds(action: Callable[[], object], repeats: int) -> float:
@@ -103,12 +104,14 @@ def main() -> None:
     validation_pass = phases["one validation pass"]
     tta_pass = phases["final test, TTA views (now: with the figures without TTA)"]
     before = fixed + epochs * validation_pass + tta_pass + validation_pass  # + a separate pass without TTA
-    now = fixed + 1 * validation_pass + tta_pass
+    validations = sum(validated(epoch, epochs, cfg.validate_every) for epoch in range(1, epochs + 1))
+    now = fixed + validations * validation_pass + tta_pass
     print(f"{args.experiment}: {epochs} epochs, tta {cfg.tta}, precision {precision.name}, {cpu_description()}")
     for name, value in phases.items():
         print(f"  {name:<60} {value:7.2f} s")
     print(f"  overhead before (validation every epoch, a separate pass without TTA) {before:7.1f} s")
-    print(f"  overhead now (validate_every: null, one test pass)                     {now:7.1f} s")
+    now_label = f"overhead now (validate_every: {cfg.validate_every}, {validations} validation passes, one test pass)"
+    print(f"  {now_label} {now:7.1f} s")
     print(f"  now / before: {now / before:.2f}")
     if args.out:
         record = {

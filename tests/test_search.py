@@ -147,6 +147,7 @@ def test_parallel_trials_share_the_study(tmp_path: Path, run_env: dict) -> None:
     [
         (["hydra/sweeper=optuna", "model.dropout=interval(0,0.6)"], "add -m"),
         (["-m", "search=r004_table2", "data.val_size=0"], "data.val_size=0 is refused in a search"),
+        (["-m", "search=r004_table2", "validate_every=0"], "validate_every=0 is refused in a search"),
     ],
 )
 def test_a_bad_search_is_one_line_before_anything_runs(args: list[str], message: str, tmp_path: Path) -> None:

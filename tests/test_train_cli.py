@@ -136,6 +136,24 @@ def test_without_data_one_clear_line_and_status_2(tmp_path: Path) -> None:
     assert "cifarbench data import PATH" in lines[0] and "download" in lines[0]
 
 
+def test_validate_every_0_never_validates_and_the_test_is_the_only_pass(tmp_path: Path, run_env: dict) -> None:
+    """The fast recipes' case: the validation set is the test set, and the final test reads it once."""
+    args = ["epochs=2", "validate_every=0", "test_weights=last", "data.val_size=0", "name=never"]
+    cli("train", *SMOKE, *args, cwd=tmp_path, env=run_env)
+    run = only_run_dir(tmp_path / "outputs" / "never")
+    with (run / "history.csv").open() as fh:
+        assert [row["val_acc"] in ("", "nan") for row in csv.DictReader(fh)] == [True, True]
+
+    def not_json(constant: str) -> None:
+        raise AssertionError(f"metrics.json holds {constant} for a missing figure; JSON has null for that")
+
+    metrics = json.loads((run / "metrics.json").read_text(), parse_constant=not_json)
+    assert metrics["val"] is None and metrics["best_epoch"] is None and metrics["test_weights_epoch"] == 2
+    assert metrics["status"] == "completed" and 0 < metrics["test"]["accuracy"] <= 100
+    log = (run / "train.log").read_text()
+    assert log.count("not validated") == 2 and "val loss" not in log
+
+
 def test_validate_every_skips_validation_but_never_the_last_epoch(tmp_path: Path, run_env: dict) -> None:
     cli("train", *SMOKE, "epochs=3", "validate_every=2", "name=sparse", cwd=tmp_path, env=run_env)
     run = only_run_dir(tmp_path / "outputs" / "sparse")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import statistics
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,8 @@ def run_metrics(history: list[dict], test, classes: tuple[str, ...], extra: dict
     return {
         **{k: extra.pop(k) for k in ("status",) if k in extra},
         "train": {"loss": last["train_loss"], "accuracy": last["train_acc"]},
-        "val": {"loss": last["val_loss"], "accuracy": last["val_acc"]},
+        # None: the last epoch was not validated (validate_every=0)
+        "val": None if math.isnan(last["val_acc"]) else {"loss": last["val_loss"], "accuracy": last["val_acc"]},
         "test": None if test is None else test_metrics(test, classes),
         "epochs_run": len(history),
         "epoch_seconds": seconds,

@@ -79,7 +79,7 @@ def weights_to_test(checkpoint: dict[str, Any], which: str) -> dict[str, torch.T
     if which == "best":
         best = checkpoint.get("best") or {}
         if best.get("weights") is None:
-            raise UserError("this checkpoint has no best weights (no epoch finished); use --checkpoint last")
+            raise UserError("this checkpoint has no best weights (no validated epoch finished); use --checkpoint last")
         return best["weights"]
     check_choice("test_weights", which, TEST_WEIGHTS)
     if checkpoint.get("ema") is not None:  # AveragedModel's state dict: module.<name> plus n_averaged

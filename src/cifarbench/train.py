@@ -406,8 +406,11 @@ def validate(state: TrainingState, val: Split, normalize: Normalize, runtime: Ru
 
 
 def validated(epoch: int, epochs: int, every: int | None) -> bool:
-    """Whether `epoch` is validated: every `every`-th and always the last (only the last: None).
-    The fast recipes validate once: nothing decides on it there, and it costs a test-set pass."""
+    """Whether `epoch` is validated: every `every`-th and always the last (only the last: None;
+    none: 0). The fast recipes' validation set is the test set and nothing decides on it there, so
+    they skip it: a last validation would be the final test's figure without TTA, a pass too many."""
+    if every == 0:
+        return False
     return epoch == epochs or (every is not None and epoch % every == 0)
 
 
@@ -445,7 +448,7 @@ def run_record(cfg: DictConfig, state: TrainingState, splits: DataSplits, runtim
     return {
         "status": "completed",
         "monitor": cfg.monitor,
-        "best_epoch": state.tracker.best_epoch,
+        "best_epoch": state.tracker.best_epoch or None,  # 0: no epoch validated
         "test_weights": cfg.test_weights,
         "test_weights_epoch": state.tested_epoch(cfg.test_weights),
         "ema": bool(cfg.ema_decay),

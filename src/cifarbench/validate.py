@@ -72,7 +72,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "tta": one_of(TTA_LEVELS),
     "mixup_alpha": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
     "cutmix_alpha": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
-    "validate_every": (lambda v: v is None or (_is_int(v) and v >= 1), "null or an integer >= 1"),
+    "validate_every": (lambda v: v is None or (_is_int(v) and v >= 0), "null or an integer >= 0"),
     "early_stopping.patience": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "early_stopping.min_delta": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
     "model.dropout": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
@@ -113,11 +113,17 @@ def check_config(cfg: DictConfig) -> None:
 
 
 def check_sparse_validation(cfg: DictConfig) -> None:
-    """Early stopping and the plateau schedule count epochs of validation: they need every one."""
+    """Early stopping and the plateau schedule count epochs of validation: they need every one.
+    validate_every=0 validates no epoch, so there is no best epoch to test."""
     every = OmegaConf.select(cfg, "validate_every", default=1)
     if every == 1:
         return
     shown = "null" if every is None else every
+    if every == 0 and cfg.test_weights == "best":
+        raise UserError(
+            "validate_every=0 is refused with test_weights=best: no epoch is validated, so there is no best "
+            "epoch; use test_weights=last, or validate_every=1"
+        )
     if cfg.early_stopping.enabled:
         raise UserError(
             f"validate_every={shown} is refused with early_stopping.enabled=true, whose patience counts "
@@ -271,6 +277,11 @@ def _search_space_too(overrides: list[str], plain: list[str], multirun: bool) ->
         raise UserError(
             "data.val_size=0 is refused in a search: its objective is the validation set, which would "
             "then be the test set; set data.val_size=N (e.g. 5000)"
+        )
+    if first.get("validate_every", 1) == 0:
+        raise UserError(
+            "validate_every=0 is refused in a search: its objective is the validation figure; "
+            "use validate_every=null (the last epoch only) or 1 (every epoch, which pruning needs)"
         )
     sweeper = OmegaConf.to_container(first.hydra.sweeper)
     params, enqueue = sweeper.get("params") or {}, sweeper.get("enqueue") or []
