@@ -86,9 +86,13 @@ def cifarbench_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: i
     return forever(Batches(Split(images, labels), batch_size, FlipCrop(), normalize, shuffle, draws))
 
 
-def cifarbench_step(model: torch.nn.Module, batches: Iterator, precision) -> Callable[[], int]:
-    """The product's own training step (train.TrainingStep) on its loader's batches."""
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+def cifarbench_step(
+    model: torch.nn.Module, batches: Iterator, precision, optimizer: torch.optim.Optimizer | None = None
+) -> Callable[[], int]:
+    """The product's own training step (train.TrainingStep) on its loader's batches; by default with
+    the reference's optimizer (plain SGD with momentum), so that the two sides differ only in the step."""
+    if optimizer is None:
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     step = TrainingStep(
         model,
         optimizer,

@@ -21,14 +21,11 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from benchmark import cifarbench_batches, images_per_second, model_for
-from cifarbench.augmentation import BatchMix
+from benchmark import cifarbench_batches, cifarbench_step, images_per_second, model_for
 from cifarbench.config import config_dir
 from cifarbench.data import load_cifar10
 from cifarbench.optimizers import build_optimizer
 from cifarbench.runtime import cpu_description, select_precision
-from cifarbench.schedulers import Schedule
-from cifarbench.train import TrainingStep
 
 
 def optimizer_cfg(name: str, fused: bool):
@@ -59,21 +56,12 @@ def main() -> None:
         for fused in (True, False):
             model = model_for(name, channels_last=True)
             optimizer = build_optimizer(optimizer_cfg(args.optimizer, fused), model)
-            step = TrainingStep(
-                model, optimizer, Schedule(None, "step"), precision.grad_scaler(), precision, BatchMix(), 0.0, None
+            steps[fused] = cifarbench_step(
+                model, cifarbench_batches(images, labels, int(batch_size)), precision, optimizer
             )
-            batches = cifarbench_batches(images, labels, int(batch_size))
-            model.train()
-            steps[fused] = (step, batches)
         rates: dict[bool, list[float]] = {True: [], False: []}
         for _ in range(args.repeats):  # alternate, so that a change in the machine's load hits both alike
-            for fused, (step, batches) in steps.items():
-
-                def one_step(step=step, batches=batches) -> int:
-                    inputs, targets = next(batches)
-                    step(inputs, targets)
-                    return len(targets)
-
+            for fused, one_step in steps.items():
                 rates[fused] += images_per_second(one_step, warmup=2, steps=args.steps, repeats=1)
         fused_rate, loop_rate = statistics.median(rates[True]), statistics.median(rates[False])
         print(

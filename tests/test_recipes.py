@@ -49,7 +49,7 @@ def test_every_optimizer_builds_from_yaml(name: str) -> None:
 
 @pytest.mark.parametrize("name", ["adam", "adamw", "sgd", "muon"])
 def test_fusable_optimizers_step_fused_and_agree_with_the_per_tensor_loop(name: str) -> None:
-    """The per-tensor loop (torch's CPU default) made Adam 40% of the student model's step at batch 32."""
+    """The per-tensor loop (torch's CPU default) trains the student model 1.43x slower at batch 32."""
 
     def trained(per_tensor_loop: bool) -> tuple[nn.Module, torch.optim.Optimizer]:
         torch.manual_seed(0)

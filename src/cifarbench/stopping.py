@@ -21,7 +21,7 @@ class BestTracker:
     min_delta: float = 0.0
     patience: int | None = None
     best: float = math.nan
-    best_epoch: int = 0
+    best_epoch: int | None = None  # None until an epoch is validated (validate_every=0: never)
     epochs_without_improvement: int = 0
 
     def __post_init__(self) -> None:

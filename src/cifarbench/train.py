@@ -448,7 +448,7 @@ def run_record(cfg: DictConfig, state: TrainingState, splits: DataSplits, runtim
     return {
         "status": "completed",
         "monitor": cfg.monitor,
-        "best_epoch": state.tracker.best_epoch or None,  # 0: no epoch validated
+        "best_epoch": state.tracker.best_epoch,
         "test_weights": cfg.test_weights,
         "test_weights_epoch": state.tested_epoch(cfg.test_weights),
         "ema": bool(cfg.ema_decay),
