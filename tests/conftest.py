@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
@@ -43,9 +44,17 @@ def shared_archive() -> Path:
 
 @pytest.fixture(scope="session")
 def data_root(shared_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The shared archive imported through the real CLI into a session-wide data root."""
-    root = tmp_path_factory.mktemp("data")
-    cli("data", "import", str(shared_archive), "--root", str(root), cwd=root)
+    """The shared archive imported through the real CLI into a data root that every pytest-xdist
+    worker of the session shares (the first to get the lock imports; 180 MB and ~25 s each)."""
+    session_dir = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        session_dir = session_dir.parent  # the workers' common base directory
+    root = session_dir / "data"
+    with FileLock(session_dir / "data.lock"):
+        if not (root / "imported").is_file():
+            root.mkdir(exist_ok=True)
+            cli("data", "import", str(shared_archive), "--root", str(root), cwd=root)
+            (root / "imported").touch()
     return root
 
 
