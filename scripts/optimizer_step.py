@@ -5,7 +5,8 @@ on the preset's model, gradients filled with noise, no forward or backward pass.
     python scripts/optimizer_step.py --presets fast_muon fast_muon:optimizer.ns_steps=3
 
 A preset is `EXPERIMENT[:OVERRIDE,...]`. The model and optimizer are built as `cifarbench train`
-builds them (channels_last weights, the YAML's optimizer), the presets timed in turn over the
+builds them (the config checked as the CLI checks it, channels_last as it says, the YAML's
+optimizer), the presets timed in turn over the
 repeats so that each sees the same machine. Prints milliseconds per step and what the steps of one
 epoch of 50,000 images cost at the preset's batch size, to set against an epoch's time in the run's
 log. Not a test: the CPU is printed.
@@ -18,20 +19,21 @@ import statistics
 import time
 
 import torch
-from hydra import compose, initialize_config_dir
 
-from cifarbench.config import config_dir
+from cifarbench.data.loader import batch_indices
 from cifarbench.models import build_model
 from cifarbench.optimizers import build_optimizer
 from cifarbench.runtime import cpu_description
+from cifarbench.validate import check_overrides
 
 
 def timed_step(preset: str):
     """(batch size, a function timing `steps` optimizer steps) for EXPERIMENT[:OVERRIDE,...]."""
     experiment, _, overrides = preset.partition(":")
-    with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        cfg = compose("config", overrides=[f"experiment={experiment}", *filter(None, overrides.split(","))])
-    model = build_model(cfg.model).to(memory_format=torch.channels_last)
+    cfg = check_overrides([f"experiment={experiment}", *filter(None, overrides.split(","))])
+    model = build_model(cfg.model)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(cfg.optimizer, model)
     for p in model.parameters():
         p.grad = torch.randn_like(p)
@@ -63,7 +65,7 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for preset, (batch_size, _) in steps.items():
         per_step = statistics.median(times[preset])
-        per_epoch = -(-50_000 // batch_size)
+        per_epoch = len(batch_indices(50_000, batch_size, torch.Generator()))  # the training loader's rule
         print(f"| {preset} | {batch_size} | {per_step * 1000:.1f} | {per_epoch} | {per_step * per_epoch:.2f} |")
 
 
