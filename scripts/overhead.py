@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -92,13 +93,13 @@ def main() -> None:
 
     def write() -> None:
         with tempfile.TemporaryDirectory() as folder:
-            history = [{key: 1.0 for key in artifacts.HISTORY_FIELDS} for _ in range(cfg.epochs)]
+            history = [{key: 1.0 for key in artifacts.HISTORY_FIELDS} for _ in range(math.ceil(cfg.epochs))]
             metrics = artifacts.run_metrics(history, result, CLASSES, {"status": "completed"})
             artifacts.write_run(Path(folder), metrics, result, splits.test.images, CLASSES, history)
 
     phases["metrics and plots of the run directory"] = seconds(write, args.repeats)
 
-    epochs = cfg.epochs
+    epochs = math.ceil(cfg.epochs)  # a fractional run's part epoch is validated like a whole one
     startup = ("python start and imports", "load the data and split it", "build and initialise the model")
     fixed = sum(phases[k] for k in startup) + phases["metrics and plots of the run directory"]
     validation_pass = phases["one validation pass"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import signal
 import subprocess
@@ -200,3 +201,32 @@ def test_an_interrupted_muon_run_resumes_to_the_same_numbers(tmp_path: Path, run
     result = cli("train", f"resume={run}", "progress=false", cwd=tmp_path, env=run_env, check=False)
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert compared(run) == compared(the_run(whole, "muon"))
+
+
+def test_a_fractional_run_ends_its_schedule_on_its_last_step_and_resumes_exactly(tmp_path: Path, run_env: dict) -> None:
+    """epochs=2.5: two whole epochs and half of a third. The step schedule and lookahead span
+    exactly the steps trained (the schedule reaches its end, lookahead leaves the slow weights),
+    the run reports 2.5 epochs, and an interrupted run resumes to the same numbers."""
+    args = [*DETERMINISTIC, "data.train_subset=500", "epochs=2.5", "lookahead_every=3", "scheduler=warmup_linear"]
+    args.append("name=part")
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    cli("train", *args, cwd=whole, env=run_env)
+    run = the_run(whole, "part")
+    batches_per_epoch = math.ceil(500 / 64)  # 8: the last batch is partial
+    steps = math.ceil(2.5 * batches_per_epoch)  # 20: the third epoch stops after 4 of its 8 batches
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert {int(p["step"]) for p in state["optimizer"]["state"].values()} == {steps}
+    # the triangle ends at end_factor x lr exactly on the last step, not on a whole third epoch's
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.07 * 1e-3)
+    # lookahead finished on that step (20 is not a multiple of 3: only the finish pulls there)
+    assert state["lookahead"]["steps"] == steps
+    assert all(torch.equal(state["model"][k], slow) for k, slow in state["lookahead"]["slow"].items())
+    assert [row["epoch"] for row in state["history"]] == [1, 2, 3]
+    assert metrics_of(run)["epochs_run"] == 2.5
+    assert "epoch 3/3 (4 of 8 batches)" in (run / "train.log").read_text()
+
+    interrupted = interrupt_after_first_epoch(args, tmp_path, run_env, "part")
+    result = cli("train", f"resume={interrupted}", "progress=false", cwd=tmp_path, env=run_env, check=False)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert compared(interrupted) == compared(run)

@@ -19,9 +19,9 @@ from cifarbench.config import config_dir, group_options
 from cifarbench.data import Batches, Normalize, Split
 from cifarbench.optimizers import build_optimizer
 from cifarbench.runtime import select_precision
-from cifarbench.schedulers import build_schedule
+from cifarbench.schedulers import build_schedule, training_steps
 from cifarbench.stopping import BestTracker
-from cifarbench.train import TrainingStep, train_one_epoch
+from cifarbench.train import TrainingStep, steps_in_epoch, train_one_epoch
 
 
 def group_cfg(group: str, name: str, **overrides):
@@ -161,6 +161,18 @@ def test_onecycle_total_steps_is_epochs_times_batches() -> None:
         optimizer.step()
         schedule.after_batch()
     assert optimizer.param_groups[0]["lr"] < 0.1 / 25
+
+
+@pytest.mark.parametrize(("epochs", "batches", "steps"), [(3, 7, 21), (2.5, 8, 20), (2.2, 10, 22), (9.9, 49, 486)])
+def test_a_fractional_run_counts_whole_batches(epochs: float, batches: int, steps: int) -> None:
+    """The part epoch rounds up to a whole batch (9.9 x 49 = 485.1 -> 486), and a float product
+    a hair above a whole number (2.2 x 10 = 22.000000000000004) does not add a step."""
+    assert training_steps(epochs, batches) == steps
+    schedule = build_schedule(group_cfg("scheduler", "onecycle"), tiny_optimizer(), epochs, batches)
+    assert schedule.scheduler.total_steps == steps
+    per_epoch = build_schedule(group_cfg("scheduler", "cosine"), tiny_optimizer(), epochs, batches)
+    assert per_epoch.scheduler.T_max == math.ceil(epochs)  # the part epoch steps a per-epoch schedule too
+    assert sum(steps_in_epoch(e, epochs, batches) for e in range(1, math.ceil(epochs) + 1)) == steps
 
 
 # --- augmentation ------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ Besides the `_partial_` constructor, a scheduler YAML says when it steps: `inter
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from omegaconf import DictConfig, OmegaConf
@@ -42,16 +43,24 @@ class Schedule:
             self.scheduler.load_state_dict(state)
 
 
+def training_steps(epochs: float, steps_per_epoch: int) -> int:
+    """The run's optimizer steps: `epochs` may be fractional (airbench94 trains 9.9), and the last
+    epoch then stops part way, rounded up to a whole batch. Rounded to 6 places first, so that
+    float products such as 2.2 x 10 = 22.000000000000004 stay 22."""
+    return max(1, math.ceil(round(epochs * steps_per_epoch, 6)))
+
+
 def build_schedule(
-    scheduler_cfg: DictConfig, optimizer: optim.Optimizer, epochs: int, steps_per_epoch: int
+    scheduler_cfg: DictConfig, optimizer: optim.Optimizer, epochs: float, steps_per_epoch: int
 ) -> Schedule:
     cfg = OmegaConf.to_container(scheduler_cfg, resolve=True)
     interval = cfg.pop("interval", "epoch")
     check_choice("scheduler.interval", interval, INTERVALS)
     if cfg.get("_target_") is None:
         return Schedule(None, interval)
-    # Schedules that need the run's length get it from the run, so `epochs=N` is all a user changes.
-    total = epochs * (steps_per_epoch if interval == "step" else 1)
+    # Schedules that need the run's length get it from the run, so `epochs=N` is all a user changes;
+    # a fractional run's part epoch counts as an epoch for the per-epoch ones.
+    total = training_steps(epochs, steps_per_epoch) if interval == "step" else math.ceil(epochs)
     for key in ("total_steps", "T_max", "total_iters"):
         if cfg.get(key, "") is None:
             cfg[key] = total

@@ -9,6 +9,7 @@ checkpoint holds belongs to state.TrainingState; batching and augmentation to da
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -39,7 +40,7 @@ from cifarbench.loggers import NoLogger
 from cifarbench.models import build_model, count_parameters
 from cifarbench.optimizers import Lookahead, build_optimizer
 from cifarbench.runtime import Precision, configure_backends, select_device, select_precision, versions
-from cifarbench.schedulers import Schedule, build_schedule
+from cifarbench.schedulers import Schedule, build_schedule, training_steps
 from cifarbench.state import Generators, TrainingState, weights_to_test
 from cifarbench.stopping import BestTracker
 
@@ -115,8 +116,10 @@ def train_one_epoch(
     progress: bool = False,
     stop: StopRequest | None = None,
     world: World = SINGLE_PROCESS,
+    steps: int | None = None,
 ) -> tuple[float, float]:
-    """One pass over `batches`; returns (mean loss, accuracy %) over every rank's images.
+    """One pass over `batches` (its first `steps` batches when given: a fractional run's last
+    epoch); returns (mean loss, accuracy %) over every rank's images.
 
     Raises Diverged on a NaN/infinite loss and Interrupted when `stop` was signalled; either way the
     partial epoch is dropped and the last checkpoint (the previous epoch's) stays the good one.
@@ -129,7 +132,9 @@ def train_one_epoch(
     loss_sum = torch.zeros((), device=device)
     hits = torch.zeros((), device=device, dtype=torch.int64)
     seen = torch.zeros((), device=device, dtype=torch.int64)
-    bar = tqdm(batches, desc="train", leave=False, disable=not progress or not world.is_main)
+    steps = len(batches) if steps is None else steps
+    quiet = not progress or not world.is_main
+    bar = tqdm(itertools.islice(batches, steps), total=steps, desc="train", leave=False, disable=quiet)
     for i, (inputs, labels) in enumerate(bar):
         loss, logits = step(inputs, labels)
         if i % check_every == 0 and any_rank(not torch.isfinite(loss).item(), device, world):
@@ -284,7 +289,7 @@ def build_training(
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
     lookahead = None
     if cfg.lookahead_every:
-        lookahead = Lookahead(model, cfg.lookahead_every, cfg.lookahead_decay, cfg.epochs * len(batches))
+        lookahead = Lookahead(model, cfg.lookahead_every, cfg.lookahead_decay, training_steps(cfg.epochs, len(batches)))
     patience = cfg.early_stopping.patience if cfg.early_stopping.enabled else None
     state = TrainingState(
         model=model,
@@ -329,14 +334,16 @@ def run_epochs(
     schedule, the best epoch and early stopping decide alike on all of them. A search's `trial`
     hears each epoch's monitored figure once it is checkpointed, and may stop the run (Pruned)."""
     world = runtime.world
-    epochs_bar = tqdm(range(state.epoch + 1, cfg.epochs + 1), desc="epochs", disable=not cfg.progress)
+    last_epoch = math.ceil(cfg.epochs)  # epochs=7.5: the eighth epoch is half of one
+    epochs_bar = tqdm(range(state.epoch + 1, last_epoch + 1), desc="epochs", disable=not cfg.progress)
     with StopRequest() as stop:
         for epoch in epochs_bar:
             lr = step.optimizer.param_groups[0]["lr"]
             tic = time.perf_counter()
             batches.epoch = epoch
+            steps = steps_in_epoch(epoch, cfg.epochs, len(batches))
             try:
-                train_loss, train_acc = train_one_epoch(step, batches, cfg.progress, stop, world)
+                train_loss, train_acc = train_one_epoch(step, batches, cfg.progress, stop, world, steps)
             except TrainingStopped as stopped:
                 stopped.args = (f"epoch {epoch}: {stopped}",)
                 if world.is_main:
@@ -345,7 +352,7 @@ def run_epochs(
             train_seconds = time.perf_counter() - tic
             state.sync_ranks(world)
             # validate_every: a checkpoint from before the key existed validated every epoch
-            is_validated = validated(epoch, cfg.epochs, cfg.get("validate_every", 1))
+            is_validated = validated(epoch, last_epoch, cfg.get("validate_every", 1))
             val_loss, val_acc = math.nan, math.nan
             if is_validated:
                 val_loss, val_acc = validate(state, val, batches.normalize, runtime, cfg.eval_batch_size)
@@ -363,10 +370,12 @@ def run_epochs(
             monitored = val_loss if cfg.monitor == "val_loss" else val_acc
             state.end_epoch(row, monitored if is_validated else None)
             val_text = f"val loss {val_loss:.4f} acc {val_acc:.2f}%" if is_validated else "not validated"
+            part = f" ({steps} of {len(batches)} batches)" if steps < len(batches) else ""
             log.info(
-                "epoch %d/%d  lr %.3g  train loss %.4f acc %.2f%%  %s  %.1fs",
+                "epoch %d/%d%s  lr %.3g  train loss %.4f acc %.2f%%  %s  %.1fs",
                 epoch,
-                cfg.epochs,
+                last_epoch,
+                part,
                 lr,
                 train_loss,
                 train_acc,
@@ -403,6 +412,11 @@ def validate(state: TrainingState, val: Split, normalize: Normalize, runtime: Ru
     """[loss, accuracy] of the weights the run evaluates, rank 0's on every rank."""
     result = evaluate(state.evaluated, val, normalize, runtime.precision, batch_size)
     return distributed.main_rank_numbers([result.loss, result.accuracy], runtime.device, runtime.world)
+
+
+def steps_in_epoch(epoch: int, epochs: float, steps_per_epoch: int) -> int:
+    """Batches `epoch` (from 1) trains on: all of them, except in a fractional run's last epoch."""
+    return min(steps_per_epoch, training_steps(epochs, steps_per_epoch) - (epoch - 1) * steps_per_epoch)
 
 
 def validated(epoch: int, epochs: int, every: int | None) -> bool:
@@ -447,6 +461,7 @@ def run_record(cfg: DictConfig, state: TrainingState, splits: DataSplits, runtim
     total, trainable = count_parameters(state.model)
     return {
         "status": "completed",
+        "epochs_run": min(len(state.history), cfg.epochs),  # 7.5 for epochs=7.5, not its 8 history rows
         "monitor": cfg.monitor,
         "best_epoch": state.tracker.best_epoch,
         "test_weights": cfg.test_weights,
