@@ -107,7 +107,7 @@ def main() -> None:
     before = fixed + epochs * validation_pass + tta_pass + validation_pass  # + a separate pass without TTA
     validations = sum(validated(epoch, epochs, cfg.validate_every) for epoch in range(1, epochs + 1))
     now = fixed + validations * validation_pass + tta_pass
-    print(f"{args.experiment}: {epochs} epochs, tta {cfg.tta}, precision {precision.name}, {cpu_description()}")
+    print(f"{args.experiment}: {cfg.epochs} epochs, tta {cfg.tta}, precision {precision.name}, {cpu_description()}")
     for name, value in phases.items():
         print(f"  {name:<60} {value:7.2f} s")
     print(f"  overhead before (validation every epoch, a separate pass without TTA) {before:7.1f} s")

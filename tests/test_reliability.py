@@ -24,6 +24,7 @@ from test_data import make_image_folder, tar_folder
 BAD_CONFIGS = [
     (["epochs=0"], "epochs=0 is not allowed: epochs must be a number > 0 (7.5: seven epochs and half of an eighth)"),
     (["epochs=-0.5"], "epochs=-0.5 is not allowed: epochs must be a number > 0"),
+    (["epochs=inf"], "epochs=inf is not allowed: epochs must be a number > 0"),
     (["epochs=abc"], "epochs='abc' is not allowed"),
     (["batch_size=0"], "batch_size=0 is not allowed: batch_size must be an integer >= 1"),
     (["model.dropout=1.0"], "model.dropout=1.0 is not allowed: model.dropout must be a number in [0, 1)"),

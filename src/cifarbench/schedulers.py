@@ -50,6 +50,11 @@ def training_steps(epochs: float, steps_per_epoch: int) -> int:
     return max(1, math.ceil(round(epochs * steps_per_epoch, 6)))
 
 
+def training_epochs(epochs: float, steps_per_epoch: int) -> int:
+    """Epochs the run enters, its part epoch included: counted from the steps, so the two agree."""
+    return math.ceil(training_steps(epochs, steps_per_epoch) / steps_per_epoch)
+
+
 def build_schedule(
     scheduler_cfg: DictConfig, optimizer: optim.Optimizer, epochs: float, steps_per_epoch: int
 ) -> Schedule:
@@ -60,7 +65,8 @@ def build_schedule(
         return Schedule(None, interval)
     # Schedules that need the run's length get it from the run, so `epochs=N` is all a user changes;
     # a fractional run's part epoch counts as an epoch for the per-epoch ones.
-    total = training_steps(epochs, steps_per_epoch) if interval == "step" else math.ceil(epochs)
+    per_step = interval == "step"
+    total = training_steps(epochs, steps_per_epoch) if per_step else training_epochs(epochs, steps_per_epoch)
     for key in ("total_steps", "T_max", "total_iters"):
         if cfg.get(key, "") is None:
             cfg[key] = total

@@ -40,7 +40,7 @@ from cifarbench.loggers import NoLogger
 from cifarbench.models import build_model, count_parameters
 from cifarbench.optimizers import Lookahead, build_optimizer
 from cifarbench.runtime import Precision, configure_backends, select_device, select_precision, versions
-from cifarbench.schedulers import Schedule, build_schedule, training_steps
+from cifarbench.schedulers import Schedule, build_schedule, training_epochs, training_steps
 from cifarbench.state import Generators, TrainingState, weights_to_test
 from cifarbench.stopping import BestTracker
 
@@ -334,7 +334,7 @@ def run_epochs(
     schedule, the best epoch and early stopping decide alike on all of them. A search's `trial`
     hears each epoch's monitored figure once it is checkpointed, and may stop the run (Pruned)."""
     world = runtime.world
-    last_epoch = math.ceil(cfg.epochs)  # epochs=7.5: the eighth epoch is half of one
+    last_epoch = training_epochs(cfg.epochs, len(batches))  # epochs=7.5: the eighth is half of one
     epochs_bar = tqdm(range(state.epoch + 1, last_epoch + 1), desc="epochs", disable=not cfg.progress)
     with StopRequest() as stop:
         for epoch in epochs_bar:

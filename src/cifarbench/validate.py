@@ -51,7 +51,7 @@ def one_of(allowed: tuple) -> tuple[Callable[[Any], bool], str]:
 # key -> (test, what is allowed); lists of values come from options.py. Keys absent from a config
 # (e.g. model.dropout) are not checked.
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "epochs": (lambda v: _is_number(v) and v > 0, "a number > 0 (7.5: seven epochs and half of an eighth)"),
+    "epochs": (lambda v: _is_number(v) and 0 < v < math.inf, "a number > 0 (7.5: seven epochs and half of an eighth)"),
     "batch_size": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "eval_batch_size": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "seed": (_is_int, "an integer"),
