@@ -94,7 +94,7 @@ def main() -> None:
     def write() -> None:
         with tempfile.TemporaryDirectory() as folder:
             history = [{key: 1.0 for key in artifacts.HISTORY_FIELDS} for _ in range(math.ceil(cfg.epochs))]
-            metrics = artifacts.run_metrics(history, result, CLASSES, {"status": "completed"})
+            metrics = artifacts.run_metrics(history, result, CLASSES, {"status": "completed", "epochs_run": cfg.epochs})
             artifacts.write_run(Path(folder), metrics, result, splits.test.images, CLASSES, history)
 
     phases["metrics and plots of the run directory"] = seconds(write, args.repeats)

@@ -19,9 +19,9 @@ from cifarbench.config import config_dir, group_options
 from cifarbench.data import Batches, Normalize, Split
 from cifarbench.optimizers import build_optimizer
 from cifarbench.runtime import select_precision
-from cifarbench.schedulers import build_schedule, training_epochs, training_steps
+from cifarbench.schedulers import build_schedule, epoch_lengths, training_steps
 from cifarbench.stopping import BestTracker
-from cifarbench.train import TrainingStep, steps_in_epoch, train_one_epoch
+from cifarbench.train import TrainingStep, train_one_epoch
 
 
 def group_cfg(group: str, name: str, **overrides):
@@ -172,12 +172,12 @@ def test_a_fractional_run_counts_whole_batches(epochs: float, batches: int, step
     assert schedule.scheduler.total_steps == steps
     per_epoch = build_schedule(group_cfg("scheduler", "cosine"), tiny_optimizer(), epochs, batches)
     assert per_epoch.scheduler.T_max == math.ceil(epochs)  # the part epoch steps a per-epoch schedule too
-    assert training_epochs(epochs, batches) == math.ceil(epochs)
-    assert sum(steps_in_epoch(e, epochs, batches) for e in range(1, math.ceil(epochs) + 1)) == steps
+    assert len(epoch_lengths(epochs, batches)) == math.ceil(epochs)
+    assert sum(epoch_lengths(epochs, batches)) == steps
 
 
 def test_a_length_a_hair_above_whole_epochs_adds_no_empty_epoch() -> None:
-    assert training_steps(2.0000000001, 8) == 16 and training_epochs(2.0000000001, 8) == 2
+    assert training_steps(2.0000000001, 8) == 16 and len(epoch_lengths(2.0000000001, 8)) == 2
 
 
 # --- augmentation ------------------------------------------------------------------------------

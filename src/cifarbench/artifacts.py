@@ -32,7 +32,8 @@ def write_history(run_dir: Path, history: list[dict]) -> None:
 
 def run_metrics(history: list[dict], test, classes: tuple[str, ...], extra: dict[str, Any]) -> dict[str, Any]:
     """Everything a report table needs about one finished run. Accuracy and error are percent.
-    `test` is None for a search trial, whose test waits for the search's end (test_metrics then)."""
+    `test` is None for a search trial, whose test waits for the search's end (test_metrics then).
+    `extra` says how the run was made, `epochs_run` included (a fractional run's 7.5 is not its rows)."""
     last = history[-1]
     seconds = [row["seconds"] for row in history]
     return {
@@ -41,7 +42,6 @@ def run_metrics(history: list[dict], test, classes: tuple[str, ...], extra: dict
         # None: the last epoch was not validated (validate_every=0)
         "val": None if math.isnan(last["val_acc"]) else {"loss": last["val_loss"], "accuracy": last["val_acc"]},
         "test": None if test is None else test_metrics(test, classes),
-        "epochs_run": len(history),
         "epoch_seconds": seconds,
         "median_epoch_seconds": statistics.median(seconds),
         # training steps only (no validation): what "minutes of training" means in a speed figure

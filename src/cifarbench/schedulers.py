@@ -50,9 +50,11 @@ def training_steps(epochs: float, steps_per_epoch: int) -> int:
     return max(1, math.ceil(round(epochs * steps_per_epoch, 6)))
 
 
-def training_epochs(epochs: float, steps_per_epoch: int) -> int:
-    """Epochs the run enters, its part epoch included: counted from the steps, so the two agree."""
-    return math.ceil(training_steps(epochs, steps_per_epoch) / steps_per_epoch)
+def epoch_lengths(epochs: float, steps_per_epoch: int) -> list[int]:
+    """Steps of each epoch of the run: whole epochs, then a fractional run's part epoch (7.5 x 8:
+    [8] * 7 + [4]). Cut from training_steps, so the epochs and the steps cannot disagree."""
+    whole, part = divmod(training_steps(epochs, steps_per_epoch), steps_per_epoch)
+    return [steps_per_epoch] * whole + ([part] if part else [])
 
 
 def build_schedule(
@@ -65,8 +67,8 @@ def build_schedule(
         return Schedule(None, interval)
     # Schedules that need the run's length get it from the run, so `epochs=N` is all a user changes;
     # a fractional run's part epoch counts as an epoch for the per-epoch ones.
-    per_step = interval == "step"
-    total = training_steps(epochs, steps_per_epoch) if per_step else training_epochs(epochs, steps_per_epoch)
+    lengths = epoch_lengths(epochs, steps_per_epoch)
+    total = sum(lengths) if interval == "step" else len(lengths)
     for key in ("total_steps", "T_max", "total_iters"):
         if cfg.get(key, "") is None:
             cfg[key] = total

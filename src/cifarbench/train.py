@@ -40,7 +40,7 @@ from cifarbench.loggers import NoLogger
 from cifarbench.models import build_model, count_parameters
 from cifarbench.optimizers import Lookahead, build_optimizer
 from cifarbench.runtime import Precision, configure_backends, select_device, select_precision, versions
-from cifarbench.schedulers import Schedule, build_schedule, training_epochs, training_steps
+from cifarbench.schedulers import Schedule, build_schedule, epoch_lengths, training_steps
 from cifarbench.state import Generators, TrainingState, weights_to_test
 from cifarbench.stopping import BestTracker
 
@@ -334,14 +334,15 @@ def run_epochs(
     schedule, the best epoch and early stopping decide alike on all of them. A search's `trial`
     hears each epoch's monitored figure once it is checkpointed, and may stop the run (Pruned)."""
     world = runtime.world
-    last_epoch = training_epochs(cfg.epochs, len(batches))  # epochs=7.5: the eighth is half of one
+    lengths = epoch_lengths(cfg.epochs, len(batches))  # epochs=7.5: the eighth is half of one
+    last_epoch, full = len(lengths), lengths[0]
     epochs_bar = tqdm(range(state.epoch + 1, last_epoch + 1), desc="epochs", disable=not cfg.progress)
     with StopRequest() as stop:
         for epoch in epochs_bar:
             lr = step.optimizer.param_groups[0]["lr"]
             tic = time.perf_counter()
             batches.epoch = epoch
-            steps = steps_in_epoch(epoch, cfg.epochs, len(batches))
+            steps = lengths[epoch - 1]
             try:
                 train_loss, train_acc = train_one_epoch(step, batches, cfg.progress, stop, world, steps)
             except TrainingStopped as stopped:
@@ -370,7 +371,7 @@ def run_epochs(
             monitored = val_loss if cfg.monitor == "val_loss" else val_acc
             state.end_epoch(row, monitored if is_validated else None)
             val_text = f"val loss {val_loss:.4f} acc {val_acc:.2f}%" if is_validated else "not validated"
-            part = f" ({steps} of {len(batches)} batches)" if steps < len(batches) else ""
+            part = f" ({steps} of {full} batches)" if steps < full else ""
             log.info(
                 "epoch %d/%d%s  lr %.3g  train loss %.4f acc %.2f%%  %s  %.1fs",
                 epoch,
@@ -412,11 +413,6 @@ def validate(state: TrainingState, val: Split, normalize: Normalize, runtime: Ru
     """[loss, accuracy] of the weights the run evaluates, rank 0's on every rank."""
     result = evaluate(state.evaluated, val, normalize, runtime.precision, batch_size)
     return distributed.main_rank_numbers([result.loss, result.accuracy], runtime.device, runtime.world)
-
-
-def steps_in_epoch(epoch: int, epochs: float, steps_per_epoch: int) -> int:
-    """Batches `epoch` (from 1) trains on: all of them, except in a fractional run's last epoch."""
-    return min(steps_per_epoch, training_steps(epochs, steps_per_epoch) - (epoch - 1) * steps_per_epoch)
 
 
 def validated(epoch: int, epochs: int, every: int | None) -> bool:
