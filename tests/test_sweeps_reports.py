@@ -331,3 +331,80 @@ def test_results_markdown_splits_the_reports_experiments_from_other_recipes_and_
     missing = rest.split("## Not measurable here")[1].split("## Runs")[0]
     assert "| r002_resnet18 | val_acc 82.0 | 002 section 2.2 | `cifarbench train experiment=r002_resnet18` |" in missing
     assert "r004_kerascnn" not in missing and "r003_mfm24" not in missing  # trains from scratch: measurable
+
+
+def test_results_markdown_sets_every_recipe_of_cifarbench_against_the_report_s_best_for_its_model(
+    two_presets_two_seeds: Path, sweep: Path, tmp_path: Path
+) -> None:
+    """Below the recipes, each model: its report's best figure beside each of cifarbench's own recipes
+    for it (here the four jobs of a sweep of no preset), all of them listed, none picked by test accuracy."""
+    cli("report", str(two_presets_two_seeds), str(sweep), "--md", str(tmp_path / "results.md"), cwd=tmp_path)
+    text = (tmp_path / "results.md").read_text()
+    section = text.split("## Each model: the report's best against cifarbench's recipes")[1].split("\n## ")[0]
+    rows = [line.strip("| ").split(" | ") for line in section.splitlines() if line.startswith("| ")][1:]
+    kerascnn = [row for row in rows if row[0] == "kerascnn"]
+    assert sorted(row[4].split()[0] for row in kerascnn) == ["table2"] * 4  # every job of the sweep, one row each
+    report_rows = [line for line in text.split("## cifarbench's recipes")[0].splitlines() if line.startswith("| ")]
+    (measured,) = [line.split(" | ")[8] for line in report_rows if line.startswith("| r004_kerascnn ")]
+    for row in kerascnn:
+        assert row[1].split()[0] == "r004_kerascnn"  # the recipe's label: the preset, then its overrides
+        assert row[2:4] == ["test_acc 80.75", measured]  # 004's figure, and this project's of that recipe
+        assert row[5] == "1" and row[7] == "-"  # one completed run, tested without TTA: no second figure
+        assert float(row[8]) == pytest.approx(float(row[6]) - 80.75, abs=0.011)
+    assert [row for row in rows if row[0] == "fc2"] == [["fc2", *["-"] * 10]]  # 002 gives no figure; no own recipe
+
+
+def test_each_model_is_set_against_its_report_s_highest_test_figure_and_every_own_recipe_is_listed() -> None:
+    """model_table on made-up runs: the report's best is its highest test figure (a validation figure
+    only where there is no test one), a grid's best cell counts, seeds are one row, a recipe whose
+    runs all failed shows n = 0 rather than vanishing, and a model with no report has no comparison."""
+    from cifarbench.report import model_table, recipes
+    from cifarbench.runs import Run
+
+    def run(preset: str, model: str, config: dict, accuracy: float | None, **metrics: object) -> Run:
+        choices = {"experiment": preset, "model": model}
+        if accuracy is None:
+            return Run(Path(preset), "failed", config, {}, choices=choices)
+        metrics = {"test": {"accuracy": accuracy}, "epochs_run": 15, "epoch_seconds": [60.0] * 15, **metrics}
+        return Run(Path(preset), "completed", config, metrics, choices=choices)
+
+    val_figure = {"metric": "val_acc", "value": 90.0, "source": "made up"}
+    tta = {"tta": "flip_translate"}
+    runs = [
+        run("r004_kerascnn", "kerascnn", {"batch_size": 64}, 76.0),  # 004 Table 1: 80.75
+        run("r004_table2", "kerascnn", {"batch_size": 64, "model": {"dropout": 0.4}}, 77.0),  # Table 2: 85.8
+        run("r004_table2", "kerascnn", {"batch_size": 128, "model": {"dropout": 0.3}}, 78.0),  # Table 2: 84.5
+        run("modern_recipe", "kerascnn", {"seed": 0, **tta}, 88.0, test_without_tta={"accuracy": 87.0}),
+        run("modern_recipe", "kerascnn", {"seed": 1, **tta}, 89.0, test_without_tta={"accuracy": 88.0}),
+        run("modern_recipe", "kerascnn", {"seed": 0, "optimizer": {"lr": 9.0}}, None),  # diverged: no test
+        run("r009_val", "m", {"reported": val_figure, "a": 1}, 60.0),
+        run("r009_test", "m", {"reported": {**val_figure, "metric": "test_acc", "value": 70.0}, "a": 2}, 65.0),
+        run("mine", "m", {"a": 3}, 80.0),
+        run("mine", "orphan", {"a": 4}, 50.0),
+    ]
+    rows = {(row[0], row[5], row[4]): row for row in model_table(recipes(runs))}
+    keras = rows[("kerascnn", 2, "modern_recipe")]
+    assert keras[1:4] == ["r004_table2", "test_acc 85.8", "77.00"]  # Table 2's best cell, measured 77.00 here
+    assert keras[6:] == ["88.50 ± 0.71", "87.50 ± 0.71", 2.7, 15.0, 15.0]  # seeds 0 and 1 as one row
+    assert rows[("kerascnn", 0, "modern_recipe")][6:] == [None] * 5  # listed, with its runs' count: none finished
+    assert rows[("m", 1, "mine")][1:4] + rows[("m", 1, "mine")][8:9] == ["r009_test", "test_acc 70.0", "65.00", 10.0]
+    assert rows[("orphan", 1, "mine")][1:4] == [None] * 3 and rows[("orphan", 1, "mine")][8] is None
+    assert len(rows) == 4  # the reports' own recipes are not rows of cifarbench's
+
+
+def test_two_presets_that_train_the_same_config_are_two_recipes() -> None:
+    """r004_table2's cell (dropout 0.3, batch 64) trains r004_kerascnn's config, but each is held against
+    its own report figure (85.2 and 80.75): one row each, not one row of n = 2 under one figure."""
+    from cifarbench.report import recipes
+    from cifarbench.runs import Run
+
+    config = {"batch_size": 64, "model": {"dropout": 0.3}, "seed": 0}
+    runs = [
+        Run(Path(preset), "completed", config, {"test": {"accuracy": 76.04}}, choices={"experiment": preset})
+        for preset in ("r004_kerascnn", "r004_table2")
+    ]
+    entries = recipes(runs)
+    assert [(e["recipe"], e["n"], e["reported"]) for e in entries] == [
+        ("r004_kerascnn", 1, 80.75),
+        ("r004_table2", 1, 85.2),
+    ]

@@ -36,6 +36,9 @@ def run_metrics(history: list[dict], test, classes: tuple[str, ...], extra: dict
     `extra` says how the run was made, `epochs_run` included (a fractional run's 7.5 is not its rows)."""
     last = history[-1]
     seconds = [row["seconds"] for row in history]
+    # the median of whole epochs: a fractional run's last row (7.5: the eighth) is part of one
+    part_epoch = not float(extra["epochs_run"]).is_integer() and len(seconds) > 1
+    whole_epochs = seconds[:-1] if part_epoch else seconds
     return {
         **{k: extra.pop(k) for k in ("status",) if k in extra},
         "train": {"loss": last["train_loss"], "accuracy": last["train_acc"]},
@@ -43,7 +46,7 @@ def run_metrics(history: list[dict], test, classes: tuple[str, ...], extra: dict
         "val": None if math.isnan(last["val_acc"]) else {"loss": last["val_loss"], "accuracy": last["val_acc"]},
         "test": None if test is None else test_metrics(test, classes),
         "epoch_seconds": seconds,
-        "median_epoch_seconds": statistics.median(seconds),
+        "median_epoch_seconds": statistics.median(whole_epochs),
         # training steps only (no validation): what "minutes of training" means in a speed figure
         "train_seconds": sum(row.get("train_seconds", row["seconds"]) for row in history),
         **extra,

@@ -136,9 +136,11 @@ class Run:
 
     @property
     def recipe(self) -> str:
-        """What the run trained, seeds aside: runs with the same recipe differ only in their seed."""
+        """What the run trained, seeds aside: runs with the same recipe differ only in their seed.
+        The preset is part of it: it names the experiment, and so the report figure a run is held
+        against (r004_kerascnn and the grid's cell of r004_table2 train the same config)."""
         config = {k: v for k, v in flatten(self.config).items() if not _seed_or_location(k)}
-        return json.dumps(config, sort_keys=True, default=str)
+        return json.dumps({"preset": self.preset, **config}, sort_keys=True, default=str)
 
     @property
     def label(self) -> str:
