@@ -255,7 +255,7 @@ def model_table(entries: list[dict[str, Any]]) -> list[list[Any]]:
             report_side = [best["recipe"], f"{best['reported_metric']} {best['reported']}", show(best["measured"])]
         own = [e for e in of_model if not e["reports_experiment"]]
         if not own:
-            rows.append([model, *report_side, *[None] * 7])
+            rows.append([model, *report_side, *[None] * (len(MODEL_HEADERS) - 1 - len(report_side))])
         for e in own:
             acc = e["test_acc"]
             against = None if best is None or acc is None else round(acc.mean - best["reported"], 2)
