@@ -193,8 +193,9 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path: Path, run_env: di
 
 def test_an_interrupted_muon_run_resumes_to_the_same_numbers(tmp_path: Path, run_env: dict) -> None:
     """optimizer=muon keeps two optimizers' states (torch's Muon on the weights' 2-D views, Adam for
-    the rest); with a one-cycle schedule moving both, resume must still be exact."""
+    the rest); with a one-cycle schedule moving both, EMA and lookahead, resume must still be exact."""
     args = [*DETERMINISTIC, "data.train_subset=500", "epochs=3", "optimizer=muon", "scheduler=onecycle", "name=muon"]
+    args += ["ema_decay=0.9", "lookahead_every=3"]
     whole = tmp_path / "whole"
     whole.mkdir()
     cli("train", *args, cwd=whole, env=run_env)
@@ -202,6 +203,7 @@ def test_an_interrupted_muon_run_resumes_to_the_same_numbers(tmp_path: Path, run
     result = cli("train", f"resume={run}", "progress=false", cwd=tmp_path, env=run_env, check=False)
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert compared(run) == compared(the_run(whole, "muon"))
+    assert metrics_of(run)["ema"] is True and metrics_of(run)["lookahead"]
 
 
 def test_a_fractional_run_ends_its_schedule_on_its_last_step_and_resumes_exactly(tmp_path: Path, run_env: dict) -> None:
