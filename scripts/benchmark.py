@@ -83,7 +83,15 @@ def cifarbench_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: i
     """The product's own loader (data.Batches) with flip+crop, as `cifarbench train` builds it."""
     normalize = Normalize("cifar10", images.device, channels_last=True)
     shuffle, draws = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
-    return forever(Batches(Split(images, labels), batch_size, FlipCrop(), normalize, shuffle, draws))
+    batches = Batches(
+        split=Split(images, labels),
+        batch_size=batch_size,
+        augmentation=FlipCrop(),
+        normalize=normalize,
+        shuffle=shuffle,
+        augment_generator=draws,
+    )
+    return forever(batches)
 
 
 def cifarbench_step(
@@ -94,12 +102,12 @@ def cifarbench_step(
     if optimizer is None:
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     step = TrainingStep(
-        model,
-        optimizer,
-        Schedule(None, "step"),
-        precision.grad_scaler(),
-        precision,
-        BatchMix(),
+        forward=model,
+        optimizer=optimizer,
+        schedule=Schedule(scheduler=None, interval="step"),
+        scaler=precision.grad_scaler(),
+        precision=precision,
+        batch_mix=BatchMix(),
         label_smoothing=0.0,
         grad_clip=None,
     )

@@ -87,6 +87,17 @@ def test_a_failed_resume_keeps_the_interrupted_record(tmp_path: Path, run_env: d
     assert (run / "metrics.json").read_text() == record  # still "interrupted, resume with ..."
 
 
+def test_an_interrupted_run_recorded_before_the_format_field_resumes(tmp_path: Path, run_env: dict) -> None:
+    """Records written before metrics.json carried `format` (format 0) still resume."""
+    run = interrupt_after_first_epoch([*DETERMINISTIC, "name=legacy"], tmp_path, run_env, "legacy")
+    old = {k: v for k, v in metrics_of(run).items() if k != "format"}  # as the old writer left it
+    (run / "metrics.json").write_text(json.dumps(old, indent=2) + "\n")
+    result = cli("train", f"resume={run}", "progress=false", cwd=tmp_path, env=run_env, check=False)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert metrics_of(run)["status"] == "completed" and metrics_of(run)["format"] == 1
+    assert metrics_of(run)["resumed"] is True
+
+
 def test_evaluate_reproduces_an_ema_run_exactly(averaged_run: Path, run_env: dict) -> None:
     out = cli("evaluate", str(averaged_run), cwd=averaged_run, env=run_env).stdout
     recorded = metrics_of(averaged_run)["test"]

@@ -74,7 +74,7 @@ def test_preset_through_the_cli(tmp_path: Path, run_env: dict) -> None:
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_preset_passes_the_config_check_and_never_picks_weights_on_the_test_set(preset: str) -> None:
-    from cifarbench.validate import check_overrides
+    from cifarbench.config_check import check_overrides
 
     cfg = check_overrides([f"experiment={preset}"])
     if cfg.data.val_size == 0:  # validated on the test set, as the report did: its final weights are tested

@@ -90,7 +90,7 @@ def test_the_refusal_of_test_selected_weights_names_both_ways_out(tmp_path: Path
 
 
 def test_keys_that_a_target_accepts_may_be_added_and_searches_pass_the_check() -> None:
-    from cifarbench.validate import check_overrides
+    from cifarbench.config_check import check_overrides
 
     check_overrides(["+optimizer.amsgrad=true", "++scheduler.interval=epoch", "++epochs=2"])
     check_overrides(["-m", "~optimizer.betas", "seed=0,1"])  # a deletion stands for itself in every job

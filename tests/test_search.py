@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from cifarbench.config import group_options
+from cifarbench.config_check import check_overrides
 from cifarbench.errors import UserError
-from cifarbench.validate import check_overrides
 from conftest import SMOKE, cli
 
 TINY = [*SMOKE, "data.train_subset=200", "threads=1"]
@@ -203,7 +203,7 @@ def test_a_search_without_optuna_names_the_extra(tmp_path: Path, run_env: dict) 
 def test_the_search_space_follows_hydras_optuna_syntax() -> None:
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-    from cifarbench.search import search_space
+    from cifarbench.search.space import search_space
 
     space = search_space(["model.dropout=interval(0,0.6)", "epochs=tag(int,interval(5,30))",
                           "optimizer.lr=tag(log,interval(1e-4,1e-2))", "batch_size=tag(int,log,interval(16,256))",

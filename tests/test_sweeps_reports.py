@@ -358,7 +358,8 @@ def test_each_model_is_set_against_its_report_s_highest_test_figure_and_every_ow
     """model_table on made-up runs: the report's best is its highest test figure (a validation figure
     only where there is no test one), a grid's best cell counts, seeds are one row, a recipe whose
     runs all failed shows n = 0 rather than vanishing, and a model with no report has no comparison."""
-    from cifarbench.report import model_table, recipes
+    from cifarbench.report.comparison import model_table
+    from cifarbench.report.recipes import recipes
     from cifarbench.runs import Run
 
     def run(preset: str, model: str, config: dict, accuracy: float | None, **metrics: object) -> Run:
@@ -395,7 +396,7 @@ def test_each_model_is_set_against_its_report_s_highest_test_figure_and_every_ow
 def test_two_presets_that_train_the_same_config_are_two_recipes() -> None:
     """r004_table2's cell (dropout 0.3, batch 64) trains r004_kerascnn's config, but each is held against
     its own report figure (85.2 and 80.75): one row each, not one row of n = 2 under one figure."""
-    from cifarbench.report import recipes
+    from cifarbench.report.recipes import recipes
     from cifarbench.runs import Run
 
     config = {"batch_size": 64, "model": {"dropout": 0.3}, "seed": 0}

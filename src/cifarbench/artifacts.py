@@ -1,4 +1,7 @@
-"""The files of a run directory: metrics from scikit-learn, plots from matplotlib (Agg)."""
+"""The files of a finished run: its figures from scikit-learn, its plots from matplotlib (Agg).
+
+What they add up to is written by record.py, as metrics.json, once these files are there.
+"""
 
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
-from cifarbench.files import write_csv, write_json, write_text_atomic
+from cifarbench.files import write_csv, write_text_atomic
 
 HISTORY_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "train_seconds", "seconds")
 
@@ -32,7 +35,7 @@ def write_history(run_dir: Path, history: list[dict]) -> None:
 
 def run_metrics(history: list[dict], test, classes: tuple[str, ...], extra: dict[str, Any]) -> dict[str, Any]:
     """Everything a report table needs about one finished run. Accuracy and error are percent.
-    `test` is None for a search trial, whose test waits for the search's end (test_metrics then).
+    `test` is None for a run trained without its test (classification_metrics, if it is read later).
     `extra` says how the run was made, `epochs_run` included (a fractional run's 7.5 is not its rows)."""
     last = history[-1]
     seconds = [row["seconds"] for row in history]
@@ -40,11 +43,10 @@ def run_metrics(history: list[dict], test, classes: tuple[str, ...], extra: dict
     part_epoch = not float(extra["epochs_run"]).is_integer() and len(seconds) > 1
     whole_epochs = seconds[:-1] if part_epoch else seconds
     return {
-        **{k: extra.pop(k) for k in ("status",) if k in extra},
         "train": {"loss": last["train_loss"], "accuracy": last["train_acc"]},
         # None: the last epoch was not validated (validate_every=0)
         "val": None if math.isnan(last["val_acc"]) else {"loss": last["val_loss"], "accuracy": last["val_acc"]},
-        "test": None if test is None else test_metrics(test, classes),
+        "test": None if test is None else classification_metrics(test, classes),
         "epoch_seconds": seconds,
         "median_epoch_seconds": statistics.median(whole_epochs),
         # training steps only (no validation): what "minutes of training" means in a speed figure
@@ -53,7 +55,7 @@ def run_metrics(history: list[dict], test, classes: tuple[str, ...], extra: dict
     }
 
 
-def test_metrics(test, classes: tuple[str, ...]) -> dict[str, Any]:
+def classification_metrics(test, classes: tuple[str, ...]) -> dict[str, Any]:
     """Loss, accuracy, error and scikit-learn's precision/recall/F1 (macro, weighted, per class)."""
     y_true, y_pred = test.labels.numpy(), test.predictions.numpy()
     labels = list(range(len(classes)))
@@ -69,15 +71,10 @@ def test_metrics(test, classes: tuple[str, ...]) -> dict[str, Any]:
     return metrics
 
 
-def write_run(
-    run_dir: Path,
-    metrics: dict[str, Any],
-    test,
-    test_images: torch.Tensor,
-    classes: tuple[str, ...],
-    history: list[dict],
+def write_run_files(
+    run_dir: Path, test, test_images: torch.Tensor, classes: tuple[str, ...], history: list[dict]
 ) -> None:
-    """The files of a finished run; without `test` (a search trial) only the curves and metrics.json."""
+    """The files of a finished run; without `test` (a run not tested yet) only the curves."""
     if test is not None:
         y_true, y_pred = test.labels.numpy(), test.predictions.numpy()
         labels = list(range(len(classes)))
@@ -88,7 +85,6 @@ def write_run(
         write_text_atomic(run_dir / "classification_report.txt", report)
         plot_samples(test_images, y_true, y_pred, classes, run_dir / "samples.png")
     plot_curves(history, run_dir / "curves.png")
-    write_json(run_dir / "metrics.json", metrics)  # last: its presence means the run finished
 
 
 def write_confusion_matrix(run_dir: Path, matrix: np.ndarray, classes: tuple[str, ...]) -> None:

@@ -30,6 +30,7 @@ from cifarbench.options import (
     TEST_WEIGHTS,
     TTA_LEVELS,
 )
+from cifarbench.search.space import checked_space, interval_ends, is_search, require_optuna, sweeper_params
 
 NUM_CLASSES = 10
 
@@ -189,8 +190,7 @@ def _sweep_values(override: Override) -> list[str]:
             raise UserError(f"{override.input_line}: the glob matches no option of {group}")
         return matches
     if isinstance(value, IntervalSweep):  # Optuna may sample either end (whole numbers with tag(int, ...))
-        ends = [value.start, value.end]
-        return [str(int(e) if "int" in value.tags and e == int(e) else e) for e in ends]
+        return [str(end) for end in interval_ends(value, override.input_line)]
     return list(override.sweep_string_iterator())
 
 
@@ -261,7 +261,6 @@ def _search_space_too(overrides: list[str], plain: list[str], multirun: bool) ->
     """For a search (hydra/sweeper=optuna, or a search= preset): it runs with -m, needs Optuna, and
     optimises a validation figure, so it needs a validation set; the searched values of its
     `hydra.sweeper.params` are checked like the command line's. Other runs: `plain` unchanged."""
-    from cifarbench.search import checked_space, is_search, require_optuna, sweeper_params
 
     hydra_ones = [o for o in overrides if o.startswith(("hydra/sweeper", "hydra.sweeper"))]
     try:

@@ -3,6 +3,8 @@
 import importlib
 from types import ModuleType
 
+from cifarbench import record
+
 
 class UserError(Exception):
     """A problem the user can fix (bad config, missing data, bad file): one line, exit status 2."""
@@ -30,28 +32,28 @@ def check_choice(key: str, value: object, allowed: tuple) -> None:
 
 
 class TrainingStopped(Exception):
-    """Training ended before its last epoch; the run directory says so in metrics.json `status`."""
+    """Training ended before its last epoch; its `status` is what the run record says (record.py)."""
 
-    status = "stopped"
+    status = record.FAILED
     exit_code = 1
 
 
 class Diverged(TrainingStopped):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
-    status = "diverged"
+    status = record.DIVERGED
 
 
 class Pruned(TrainingStopped):
     """A search's pruner judged the trial hopeless after an epoch; its run directory stays as it is."""
 
-    status = "pruned"
+    status = record.PRUNED
 
 
 class Interrupted(TrainingStopped):
     """Ctrl-C or SIGTERM: the run stops after the current batch and can be resumed."""
 
-    status = "interrupted"
+    status = record.INTERRUPTED
 
     def __init__(self, message: str, signal_number: int) -> None:
         super().__init__(message)

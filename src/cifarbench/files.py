@@ -1,7 +1,7 @@
 """Writing a file so that a crash or a kill never leaves half of it: the text goes to a temporary
 file beside it (named by the process, as parallel sweep jobs rewrite the same summary), which then
 replaces it in one step. Kept free of torch and matplotlib, so that checking a command line
-(validate.py, search.py) stays quick."""
+(config_check.py, search/space.py) stays quick."""
 
 from __future__ import annotations
 

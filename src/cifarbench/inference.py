@@ -1,13 +1,12 @@
-"""Around a finished run: `cifarbench evaluate RUN_DIR` and `cifarbench predict RUN_DIR IMAGES...`.
+"""Using a trained run: its tested weights back from last.pt, `cifarbench evaluate` and `cifarbench predict`.
 
-Both rebuild the model from the config saved inside the checkpoint, so they need nothing but the
-run directory.
+Everything is rebuilt from the config saved inside the checkpoint, so a run directory is all it
+needs; nothing here writes into the run directory.
 """
 
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,8 +16,10 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from torch import nn
 
-from cifarbench.data import CLASSES, Normalize, Split, load_cifar10, make_splits
+from cifarbench import record
+from cifarbench.data import CLASSES, Normalize, Split, splits_for
 from cifarbench.errors import UserError
+from cifarbench.evaluation import evaluate
 from cifarbench.models import build_model
 from cifarbench.runtime import Precision, select_device, select_precision
 from cifarbench.state import load_checkpoint, weights_to_test
@@ -64,13 +65,10 @@ def evaluate_run(run_dir: Path, which: str = "auto") -> dict:
     """Re-evaluates the run's test set exactly as at the end of training (same split, precision,
     batch size and test-time augmentation); returns {"loss", "accuracy", "error"} and the
     metrics.json values to compare."""
-    from cifarbench.train import evaluate
-
     loaded = load_trained(run_dir, which)
-    cfg, test, normalize, precision = _test_setting(loaded)
+    cfg, test, normalize, precision = final_test_setting(loaded)
     result = evaluate(loaded.model, test, normalize, precision, cfg.eval_batch_size, cfg.tta)
-    metrics_file = run_dir / "metrics.json"
-    recorded = json.loads(metrics_file.read_text()).get("test") or {} if metrics_file.is_file() else {}
+    recorded = record.read(run_dir).get("test") or {}
     return {
         "checkpoint": f"{loaded.checkpoint} ({loaded.which} weights, tta {cfg.tta})",
         "test": {"loss": result.loss, "accuracy": result.accuracy, "error": 100.0 - result.accuracy},
@@ -78,32 +76,15 @@ def evaluate_run(run_dir: Path, which: str = "auto") -> dict:
     }
 
 
-def test_deferred(run_dir: Path) -> dict:
-    """The final test of a run trained without one (a search's best trial): the weights its
-    test_weights names, with its tta, as train.final_test does; writes the test files every finished
-    run has and the test into metrics.json. Returns metrics.json's test entry."""
-    from cifarbench import artifacts
-    from cifarbench.train import test_model
-
-    loaded = load_trained(run_dir, "auto")
-    cfg, test, normalize, precision = _test_setting(loaded)
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    result = test_model(loaded.model, cfg, test, normalize, precision, metrics["test_weights_epoch"])
-    metrics.update(test=artifacts.test_metrics(result, CLASSES), test_without_tta=result.without_tta)
-    artifacts.write_run(run_dir, metrics, result, test.images.cpu(), CLASSES, loaded.history)
-    return metrics["test"]
-
-
-def _test_setting(loaded: LoadedRun) -> tuple[DictConfig, Split, Normalize, Precision]:
-    """The run's config, its test split, normalisation and precision, on the model's device."""
+def final_test_setting(loaded: LoadedRun) -> tuple[DictConfig, Split, Normalize, Precision]:
+    """The run's config, its test split, normalisation and precision, on the model's device: the
+    final test's setting, for re-evaluating it or for reading it later (a search's best trial)."""
     cfg = OmegaConf.create(loaded.config)
     device = next(loaded.model.parameters()).device
-    data = cfg.data
-    splits = make_splits(load_cifar10(data), data.val_size, data.train_subset, data.test_subset, cfg.seed, device)
     return (
         cfg,
-        splits.test,
-        Normalize(data.normalization, device, cfg.channels_last),
+        splits_for(cfg, device).test,
+        Normalize(cfg.data.normalization, device, cfg.channels_last),
         select_precision(cfg.precision, device),
     )
 

@@ -1,7 +1,7 @@
 """The allowed values of every config option that takes one of a list, in one place.
 
 The modules that use a value check it against these lists, and so does the config check that runs
-before anything else (validate.py); this module imports nothing, so that check stays fast.
+before anything else (config_check.py); this module imports nothing, so that check stays fast.
 """
 
 DEVICES = ("auto", "cpu", "cuda", "mps")  # runtime.select_device

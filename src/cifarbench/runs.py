@@ -1,4 +1,4 @@
-"""Reading finished, failed and unfinished run directories back (for report, runs, sweeps)."""
+"""Reading run directories back, finished or not, as `Run`s (for report, runs, sweeps and searches)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from cifarbench import record
 from cifarbench.loggers import flatten
 
 # Keys that say where or how a job runs, not what it trains: left out of "key overrides", of what
@@ -38,7 +39,7 @@ REPORT_PRESET = re.compile(r"r\d{3}_")  # conf/experiment/r000_student.yaml ...:
 @dataclass
 class Run:
     path: Path
-    status: str  # completed | failed | diverged | interrupted | pruned | unfinished
+    status: str  # one of record.STATUSES
     config: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, float]] = field(default_factory=list)
@@ -200,7 +201,7 @@ def _seed_or_location(key: str) -> bool:
 
 
 def is_run_dir(path: Path) -> bool:
-    return (path / ".hydra" / "config.yaml").is_file() or (path / "metrics.json").is_file()
+    return (path / ".hydra" / "config.yaml").is_file() or (path / record.FILE).is_file()
 
 
 def find_runs(paths: list[Path]) -> list[Run]:
@@ -209,7 +210,7 @@ def find_runs(paths: list[Path]) -> list[Run]:
     for root in paths:
         candidates = [root] if is_run_dir(root) else []
         candidates += [p.parent.parent for p in root.rglob(".hydra/config.yaml")]
-        candidates += [p.parent for p in root.rglob("metrics.json")]
+        candidates += [p.parent for p in root.rglob(record.FILE)]
         for candidate in candidates:
             resolved = candidate.resolve()
             if resolved not in found and is_run_dir(candidate):
@@ -225,12 +226,7 @@ def _read_yaml(path: Path) -> Any:
 
 
 def load_run(path: Path) -> Run:
-    metrics: dict[str, Any] = {}
-    if (path / "metrics.json").is_file():
-        try:
-            metrics = json.loads((path / "metrics.json").read_text())
-        except json.JSONDecodeError:
-            metrics = {"status": "failed", "error": "metrics.json is unreadable"}
+    metrics = record.read(path)
     history = []
     if (path / "history.csv").is_file():
         with (path / "history.csv").open() as fh:
@@ -242,7 +238,7 @@ def load_run(path: Path) -> Run:
     env_set = hydra.get("hydra", {}).get("job", {}).get("env_set") or {}
     return Run(
         path=path,
-        status=metrics.get("status", "unfinished"),
+        status=metrics["status"],
         config=config,
         metrics=metrics,
         history=history,

@@ -19,17 +19,12 @@ import numpy as np
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from cifarbench import record
 from cifarbench.files import write_csv, write_text_atomic
-from cifarbench.report import (
-    RECIPE_HEADERS,
-    markdown_table,
-    recipe_table,
-    recipes,
-    spread,
-    write_recipes_csv,
-)
+from cifarbench.report.recipes import RECIPE_HEADERS, recipe_table, recipes, write_recipes_csv
 from cifarbench.runs import Run, load_run
-from cifarbench.search import is_search
+from cifarbench.search.space import is_search
+from cifarbench.tables import markdown_table, spread
 
 
 def _overrides(run: Run) -> dict[str, str]:
@@ -151,7 +146,7 @@ class SweepSummary(Callback):
         if not sweep_dir.is_dir() or is_search(config.hydra.sweeper):  # the search writes its own summary
             return
         runs = write_summary(sweep_dir)
-        failed = [run for run in runs if run.status != "completed"]
+        failed = [run for run in runs if run.status != record.COMPLETED]
         print(f"sweep summary: {sweep_dir / 'summary.md'} ({len(runs) - len(failed)} of {len(runs)} jobs completed)")
         if failed:
             summary = sweep_dir / "summary.md"

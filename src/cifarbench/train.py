@@ -1,10 +1,11 @@
 """The training loop: one loop for every model, read top to bottom.
 
     fit: set_up_runtime -> load_splits -> build_network -> build_training -> [restore]
-         -> run_epochs (train_one_epoch, evaluate; checkpoint) -> final_test -> artifacts
+         -> run_epochs (train_one_epoch, evaluate_validation; checkpoint) -> final_test -> files, record
 
-`fit` is the whole run; `train_one_epoch` and `evaluate` are the two halves of an epoch. What a
-checkpoint holds belongs to state.TrainingState; batching and augmentation to data.Batches.
+`fit` is the whole run; `train_one_epoch` and the validation pass are the two halves of an epoch.
+What a checkpoint holds belongs to state.TrainingState; batching and augmentation to data.Batches;
+the evaluation pass to evaluation.py; metrics.json to record.py.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ import math
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -28,13 +30,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
-from cifarbench import artifacts, distributed
-from cifarbench.augmentation import BatchMix, tta_views
+from cifarbench import artifacts, distributed, record
+from cifarbench.augmentation import BatchMix
 from cifarbench.config import instantiate
-from cifarbench.data import CLASSES, Batches, DataSplits, Normalize, Split, batch_indices, load_cifar10, make_splits
+from cifarbench.data import CLASSES, Batches, DataSplits, Normalize, Split, splits_for
 from cifarbench.distributed import SINGLE_PROCESS, World, all_reduce_sum, any_rank
-from cifarbench.errors import Diverged, Interrupted, Pruned, TrainingStopped, UserError
-from cifarbench.files import write_json
+from cifarbench.errors import Diverged, Interrupted, TrainingStopped, UserError
+from cifarbench.evaluation import EvalResult, evaluate, evaluate_test_set
 from cifarbench.interrupt import StopRequest
 from cifarbench.loggers import NoLogger
 from cifarbench.models import build_model, count_parameters
@@ -44,11 +46,12 @@ from cifarbench.schedulers import Schedule, build_schedule, epoch_lengths, train
 from cifarbench.state import Generators, TrainingState, weights_to_test
 from cifarbench.stopping import BestTracker
 
-if TYPE_CHECKING:
-    from cifarbench.search import TrialPruning
-
 log = logging.getLogger("cifarbench")
 DIVERGED_HINT = "lower optimizer.lr or set grad_clip"
+
+# Called after each validated epoch, once it is checkpointed, with the epoch and its monitored
+# figure; it may end the run by raising TrainingStopped (a search trial's pruning, errors.Pruned).
+EpochHook = Callable[[int, float], None]
 
 
 @dataclass(frozen=True)
@@ -58,16 +61,6 @@ class Runtime:
     world: World
     device: torch.device
     precision: Precision
-
-
-@dataclass
-class EvalResult:
-    loss: float
-    accuracy: float  # percent
-    predictions: torch.Tensor  # (N,) on the CPU
-    labels: torch.Tensor  # (N,) on the CPU
-    probabilities: torch.Tensor  # (N, classes) on the CPU
-    without_tta: dict | None = None  # {"loss", "accuracy"} of the image itself alone, when `tta` is on
 
 
 @dataclass
@@ -156,48 +149,19 @@ def train_one_epoch(
     return loss_total / seen_total, 100.0 * hits_total / seen_total
 
 
-@torch.no_grad()
-def evaluate(
-    model: nn.Module, split: Split, normalize: Normalize, precision: Precision, batch_size: int, tta: str = "none"
-) -> EvalResult:
-    """Loss, accuracy and predictions on `split`; `tta` averages the logits over flipped and
-    translated views (augmentation.tta_views), and the first view, the image itself, gives the
-    figures without TTA in the same pass (the same numbers as evaluating again with tta=none)."""
-    model.eval()
-    losses, probabilities, plain_losses, plain_hits = [], [], [], []
-    for idx in batch_indices(len(split), batch_size, None):
-        idx = idx.to(split.labels.device)
-        labels = split.labels[idx]
-        logits = 0.0
-        for i, (weight, view) in enumerate(tta_views(split.images[idx], tta)):
-            with precision.autocast():
-                view_logits = model(normalize(view)).float()
-            if i == 0 and tta != "none":
-                plain_losses.append(F.cross_entropy(view_logits, labels, reduction="sum"))
-                # argmax of the softmax, as below: ties broken exactly as a separate pass would
-                plain_hits.append((view_logits.softmax(1).argmax(1) == labels).sum())
-            logits = logits + weight * view_logits
-        losses.append(F.cross_entropy(logits, labels, reduction="sum"))
-        probabilities.append(logits.softmax(1))
-    probs = torch.cat(probabilities).cpu()
-    labels = split.labels.cpu()
-    predictions = probs.argmax(1)
-    accuracy = 100.0 * (predictions == labels).double().mean().item()
-    without_tta = None
-    if plain_losses:
-        plain_accuracy = 100.0 * torch.stack(plain_hits).sum().double().item() / len(split)
-        without_tta = {"loss": torch.stack(plain_losses).sum().item() / len(split), "accuracy": plain_accuracy}
-    loss = torch.stack(losses).sum().item() / len(split)
-    return EvalResult(loss, accuracy, predictions, labels, probs, without_tta)
-
-
-def fit(cfg: DictConfig, run_dir: Path, resume: dict | None = None, trial: TrialPruning | None = None) -> dict:
-    """Train `cfg` and write its run directory; returns metrics.json's content.
+def fit(
+    cfg: DictConfig,
+    run_dir: Path,
+    resume: dict | None = None,
+    after_epoch: EpochHook | None = None,
+    read_test_set: bool = True,
+) -> dict:
+    """Train `cfg` and write its run directory; returns its record (metrics.json's content).
 
     `resume` is a last.pt checkpoint of this run: training continues after its epoch with every
-    state restored (see state.TrainingState). `trial` makes the run a trial of a search: it reports
-    each epoch's monitored figure to the study, may end pruned, and leaves its test to the search
-    (which tests the best trial only, inference.test_deferred).
+    state restored (see state.TrainingState). `after_epoch` hears each validated epoch (EpochHook).
+    Without `read_test_set` the run ends untested, its test null in the record: whoever trained it
+    decides later whether its test set is read (a search reads only its best trial's).
     """
     started = datetime.now()
     runtime = set_up_runtime(cfg)
@@ -211,12 +175,12 @@ def fit(cfg: DictConfig, run_dir: Path, resume: dict | None = None, trial: Trial
     logger = instantiate(cfg.logger)(run_dir=run_dir, config=state.config) if main else NoLogger(run_dir, {})
 
     setup_seconds = (datetime.now() - started).total_seconds()
-    stop_reason = run_epochs(cfg, state, step, batches, splits.val, run_dir, runtime, logger, trial)
+    stop_reason = run_epochs(cfg, state, step, batches, splits.val, run_dir, runtime, logger, after_epoch)
 
     test, tic = None, time.perf_counter()
-    if trial is None:
+    if read_test_set:
         test = final_test(cfg, state, splits.test, normalize, runtime.precision)
-    metrics = artifacts.run_metrics(state.history, test, CLASSES, run_record(cfg, state, splits, runtime))
+    metrics = artifacts.run_metrics(state.history, test, CLASSES, run_facts(cfg, state, splits, runtime))
     metrics.update(
         stopped_early=stop_reason,
         test_without_tta=None if test is None else test.without_tta,
@@ -227,7 +191,8 @@ def fit(cfg: DictConfig, run_dir: Path, resume: dict | None = None, trial: Trial
         total_seconds=(datetime.now() - started).total_seconds(),
     )
     if main:
-        artifacts.write_run(run_dir, metrics, test, splits.test.images.cpu(), CLASSES, state.history)
+        artifacts.write_run_files(run_dir, test, splits.test.images.cpu(), CLASSES, state.history)
+        metrics = record.write_completed(run_dir, metrics)  # last: a record of "completed" means every file is there
         logger.finish(metrics)
     return metrics
 
@@ -250,8 +215,7 @@ def set_up_runtime(cfg: DictConfig) -> Runtime:
 
 
 def load_splits(cfg: DictConfig, device: torch.device) -> DataSplits:
-    data = cfg.data
-    splits = make_splits(load_cifar10(data), data.val_size, data.train_subset, data.test_subset, cfg.seed, device)
+    splits = splits_for(cfg, device)
     val_note = " (= test set)" if splits.val_is_test else ""
     log.info("data: %d train, %d val%s, %d test", len(splits.train), len(splits.val), val_note, len(splits.test))
     return splits
@@ -326,13 +290,13 @@ def run_epochs(
     run_dir: Path,
     runtime: Runtime,
     logger: Any,
-    trial: TrialPruning | None = None,
+    after_epoch: EpochHook | None = None,
 ) -> str | None:
     """Train, validate and checkpoint each remaining epoch; returns why training stopped early, if it did.
 
     Every rank validates the same weights (state.sync_ranks) and takes rank 0's numbers, so the
-    schedule, the best epoch and early stopping decide alike on all of them. A search's `trial`
-    hears each epoch's monitored figure once it is checkpointed, and may stop the run (Pruned)."""
+    schedule, the best epoch and early stopping decide alike on all of them. `after_epoch` hears
+    each validated epoch's monitored figure once it is checkpointed, and may stop the run."""
     world = runtime.world
     lengths = epoch_lengths(cfg.epochs, len(batches))  # epochs=7.5: the eighth is half of one
     last_epoch, full = len(lengths), lengths[0]
@@ -353,10 +317,10 @@ def run_epochs(
             train_seconds = time.perf_counter() - tic
             state.sync_ranks(world)
             # validate_every: a checkpoint from before the key existed validated every epoch
-            is_validated = validated(epoch, last_epoch, cfg.get("validate_every", 1))
+            is_validated = is_validation_epoch(epoch, last_epoch, cfg.get("validate_every", 1))
             val_loss, val_acc = math.nan, math.nan
             if is_validated:
-                val_loss, val_acc = validate(state, val, batches.normalize, runtime, cfg.eval_batch_size)
+                val_loss, val_acc = evaluate_validation(state, val, batches.normalize, runtime, cfg.eval_batch_size)
             step.schedule.after_epoch(val_loss)
             row = {
                 "epoch": epoch,
@@ -393,29 +357,32 @@ def run_epochs(
                 log.info(reason)
                 if state.lookahead is not None:  # the run ends on the slow weights: its last row and last.pt too
                     state.lookahead.finish()
-                    row["val_loss"], row["val_acc"] = validate(
+                    row["val_loss"], row["val_acc"] = evaluate_validation(
                         state, val, batches.normalize, runtime, cfg.eval_batch_size
                     )
                     state.save(run_dir, world)
                     if world.is_main:
                         artifacts.write_history(run_dir, state.history)
                 return reason
-            if trial is not None and is_validated:
+            if after_epoch is not None and is_validated:
                 try:
-                    trial.after_epoch(epoch, monitored)
-                except Pruned as pruned:
-                    record_stop(run_dir, pruned, state.history)
+                    after_epoch(epoch, monitored)
+                except TrainingStopped as stopped:
+                    if world.is_main:
+                        record_stop(run_dir, stopped, state.history)
                     raise
     return None
 
 
-def validate(state: TrainingState, val: Split, normalize: Normalize, runtime: Runtime, batch_size: int) -> list[float]:
+def evaluate_validation(
+    state: TrainingState, val: Split, normalize: Normalize, runtime: Runtime, batch_size: int
+) -> list[float]:
     """[loss, accuracy] of the weights the run evaluates, rank 0's on every rank."""
     result = evaluate(state.evaluated, val, normalize, runtime.precision, batch_size)
     return distributed.main_rank_numbers([result.loss, result.accuracy], runtime.device, runtime.world)
 
 
-def validated(epoch: int, epochs: int, every: int | None) -> bool:
+def is_validation_epoch(epoch: int, epochs: int, every: int | None) -> bool:
     """Whether `epoch` is validated: every `every`-th and always the last (only the last: None;
     none: 0). The fast recipes' validation set is the test set and nothing decides on it there, so
     they skip it: a last validation would be the final test's figure without TTA, a pass too many."""
@@ -430,33 +397,13 @@ def final_test(
     """The test set, read once: the weights `test_weights` names (state.weights_to_test) with `tta`,
     and the same weights without test-time augmentation when `tta` is on."""
     state.evaluated.load_state_dict(weights_to_test(state.weights(), cfg.test_weights))
-    return test_model(state.evaluated, cfg, test, normalize, precision, state.tested_epoch(cfg.test_weights))
+    return evaluate_test_set(state.evaluated, cfg, test, normalize, precision, state.tested_epoch(cfg.test_weights))
 
 
-def test_model(
-    model: nn.Module, cfg: DictConfig, test: Split, normalize: Normalize, precision: Precision, epoch: int
-) -> EvalResult:
-    """`model` (holding the weights of `epoch`) on the test set, as `cfg` says: with `tta`, and
-    without it too when `tta` is on (from the same pass)."""
-    result = evaluate(model, test, normalize, precision, cfg.eval_batch_size, cfg.tta)
-    log.info(
-        "test (%s weights, epoch %d, tta %s): loss %.4f acc %.2f%%",
-        cfg.test_weights,
-        epoch,
-        cfg.tta,
-        result.loss,
-        result.accuracy,
-    )
-    if result.without_tta is not None:
-        log.info("test without tta: loss %.4f acc %.2f%%", result.without_tta["loss"], result.without_tta["accuracy"])
-    return result
-
-
-def run_record(cfg: DictConfig, state: TrainingState, splits: DataSplits, runtime: Runtime) -> dict:
-    """What metrics.json says about how the run was made, beside its numbers."""
+def run_facts(cfg: DictConfig, state: TrainingState, splits: DataSplits, runtime: Runtime) -> dict:
+    """What the run record says about how the run was made, beside its numbers."""
     total, trainable = count_parameters(state.model)
     return {
-        "status": "completed",
         "epochs_run": min(len(state.history), cfg.epochs),  # 7.5 for epochs=7.5, not its 8 history rows
         "monitor": cfg.monitor,
         "best_epoch": state.tracker.best_epoch,
@@ -512,13 +459,6 @@ def restore(state: TrainingState, checkpoint: dict, run_dir: Path) -> None:
 
 
 def record_stop(run_dir: Path, stopped: TrainingStopped, history: list[dict]) -> None:
-    """metrics.json of a run that did not finish: why, how far it got, how to go on."""
-    info = {
-        "status": stopped.status,
-        "error": str(stopped),
-        "epochs_run": len(history),
-        "last_good_checkpoint": str(run_dir / "checkpoints" / "last.pt") if history else None,
-    }
-    if isinstance(stopped, Interrupted) and history:
-        info["resume"] = f"cifarbench train resume={run_dir}"
-    write_json(run_dir / "metrics.json", info)
+    """The record of a run that did not finish: why, how far it got, how to go on."""
+    resumable = isinstance(stopped, Interrupted)
+    record.write_stopped(run_dir, stopped.status, str(stopped), len(history), resumable)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -14,13 +13,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from cifarbench import distributed
+from cifarbench import distributed, record
 from cifarbench.config import register_resolvers
 from cifarbench.errors import TrainingStopped, UserError
-from cifarbench.files import write_json
 from cifarbench.loggers import flatten
 from cifarbench.runs import TRIAL_ENV, WHERE_AND_HOW
-from cifarbench.search import trial_pruning
+from cifarbench.search.trial import trial_pruning
 from cifarbench.state import load_checkpoint
 from cifarbench.train import fit
 
@@ -38,7 +36,7 @@ def train_job(cfg: DictConfig) -> float | None:
             finished = finished_before(run_dir, cfg)
             if finished is not None:  # the same sweep run again into its own directory: keep what is done
                 log.info("job %s finished in an earlier run of this sweep, with this config: skipped", run_dir.name)
-                return test_accuracy(finished)
+                return tested_accuracy(finished)
             if requeued(run_dir):
                 cfg.resume = str(run_dir)  # interrupted, preempted or requeued: continue where it was
         if cfg.resume:
@@ -50,7 +48,11 @@ def train_job(cfg: DictConfig) -> float | None:
             OmegaConf.save(cfg, run_dir / "config.yaml")
         set_threads(cfg)
         trial = trial_pruning(run_dir, cfg.monitor) if in_sweep else None  # a trial of hydra/sweeper=optuna
-        return test_accuracy(fit(cfg, run_dir, resume, trial))
+        if trial is None:
+            return tested_accuracy(fit(cfg, run_dir, resume))
+        # a trial reports each epoch to its study and leaves its test to the search, which reads
+        # the test set of its best trial only
+        return tested_accuracy(fit(cfg, run_dir, resume, after_epoch=trial.after_epoch, read_test_set=False))
     except SweepDirTaken as exc:  # the whole sweep points at the wrong directory: stop before anything trains
         print(f"cifarbench: error: {exc}", file=sys.stderr)
         sys.exit(2)
@@ -58,22 +60,23 @@ def train_job(cfg: DictConfig) -> float | None:
         if in_sweep:  # one bad job must not lose the others: record it, let the sweep go on
             log.error("cifarbench: error: %s", exc)
             # a failed resume keeps the run's own record ("interrupted, resume with ..."), a finished job its results
-            if not cfg.resume and not completed(run_dir):
-                write_json(run_dir / "metrics.json", {"status": "failed", "error": str(exc)})
+            if not cfg.resume and not record.is_completed(run_dir):
+                record.write_failed(run_dir, str(exc))
             return None
         if not cfg.resume and not (run_dir / "history.csv").exists():
             shutil.rmtree(run_dir, ignore_errors=True)  # nothing trained: leave no run-looking folder
         if main_process:
             print(f"cifarbench: error: {exc}", file=sys.stderr)
         sys.exit(2)
-    except TrainingStopped as stopped:  # fit has written metrics.json with the status
+    except TrainingStopped as stopped:  # fit has written the run's record with the status
         message = f"cifarbench: training {stopped.status} in {run_dir}: {stopped}"
-        if stopped.status == "pruned":  # a search's normal outcome, not a problem
+        if stopped.status == record.PRUNED:  # a search's normal outcome, not a problem
             log.info(message)
             return None
-        if stopped.status == "interrupted" and os.environ.get(TRIAL_ENV):
+        interrupted = stopped.status == record.INTERRUPTED
+        if interrupted and os.environ.get(TRIAL_ENV):
             message += f"; continue the search with its own command and hydra.sweep.dir={run_dir.parent}"
-        elif stopped.status == "interrupted":
+        elif interrupted:
             message += f"; last epoch's checkpoint kept, resume with: cifarbench train resume={run_dir}"
         elif (run_dir / "checkpoints" / "last.pt").is_file():
             message += f"; the last good checkpoint is kept: {run_dir / 'checkpoints' / 'last.pt'}"
@@ -81,12 +84,12 @@ def train_job(cfg: DictConfig) -> float | None:
             message += "; no epoch completed, so there is no checkpoint"
         if main_process:
             print(message, file=sys.stderr)
-        if in_sweep and stopped.status != "interrupted":
+        if in_sweep and not interrupted:
             return None  # a diverged job is a result of the sweep; an interrupt stops the sweep
         sys.exit(stopped.exit_code)
     except Exception as exc:
         if not cfg.resume:  # as above: the interrupted run's record and checkpoint stay as they were
-            write_json(run_dir / "metrics.json", {"status": "failed", "error": f"{type(exc).__name__}: {exc}"})
+            record.write_failed(run_dir, f"{type(exc).__name__}: {exc}")
         if in_sweep:
             log.exception("job failed")
             return None
@@ -97,7 +100,7 @@ def train_job(cfg: DictConfig) -> float | None:
             shutil.rmtree(run_dir, ignore_errors=True)  # a torchrun worker's scratch directory
 
 
-def test_accuracy(metrics: dict) -> float | None:
+def tested_accuracy(metrics: dict) -> float | None:
     """What the job returns to Hydra (test null: a search trial, tested at the search's end if best)."""
     return (metrics.get("test") or {}).get("accuracy")
 
@@ -115,7 +118,8 @@ def finished_before(run_dir: Path, cfg: DictConfig) -> dict | None:
         return None
     if _what_it_trains(OmegaConf.load(saved_file)) != _what_it_trains(cfg):
         raise SweepDirTaken(f"{run_dir} holds a job of another config; run the sweep into a new hydra.sweep.dir")
-    return json.loads((run_dir / "metrics.json").read_text()) if completed(run_dir) else None
+    finished = record.read(run_dir)
+    return finished if finished["status"] == record.COMPLETED else None
 
 
 def _what_it_trains(cfg: DictConfig) -> dict:
@@ -123,14 +127,9 @@ def _what_it_trains(cfg: DictConfig) -> dict:
     return {k: v for k, v in flat.items() if not k.startswith(WHERE_AND_HOW)}
 
 
-def completed(run_dir: Path) -> bool:
-    metrics = run_dir / "metrics.json"
-    return metrics.is_file() and json.loads(metrics.read_text()).get("status") == "completed"
-
-
 def requeued(run_dir: Path) -> bool:
     """This job ran before in this very directory (a requeued array job) and did not finish."""
-    return (run_dir / "checkpoints" / "last.pt").is_file() and not completed(run_dir)
+    return (run_dir / "checkpoints" / "last.pt").is_file() and not record.is_completed(run_dir)
 
 
 def set_threads(cfg: DictConfig) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig
 
 from cifarbench.data.cache import cache_path, read_cache, write_cache
@@ -26,6 +27,7 @@ __all__ = [
     "import_data",
     "load_cifar10",
     "make_splits",
+    "splits_for",
 ]
 
 
@@ -64,6 +66,12 @@ def load_cifar10(data_cfg: DictConfig) -> dict[str, RawSplit]:
         "cifar-10-batches-py), or pass data.source=PATH, or go online so torchvision can download it "
         f"(data.root={root}, or set $CIFARBENCH_DATA)"
     )
+
+
+def splits_for(cfg: DictConfig, device: torch.device) -> DataSplits:
+    """The train/val/test splits a run's config asks for (data.*, seed), on `device`."""
+    data = cfg.data
+    return make_splits(load_cifar10(data), data.val_size, data.train_subset, data.test_subset, cfg.seed, device)
 
 
 def cache_file(data_cfg: DictConfig) -> Path:

@@ -1,6 +1,6 @@
 """The Hydra side of `hydra/sweeper=optuna`: Hydra finds sweepers in the `hydra_plugins` namespace
 package, builds this one from conf/hydra/sweeper/optuna.yaml and calls `sweep` with the command
-line's overrides. The search itself is cifarbench.search.Search; Optuna is imported only there, so
+line's overrides. The search itself is cifarbench.search.sweeper.Search; Optuna is imported only there, so
 this module loads (for Hydra's plugin scan) without the optional extra installed."""
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class OptunaSweeper(Sweeper):
 
     def sweep(self, arguments: list[str]) -> None:
         from cifarbench.errors import UserError
-        from cifarbench.search import Search
+        from cifarbench.search.sweeper import Search
 
         try:
             Search(self, self.config, self.launcher).run(arguments)

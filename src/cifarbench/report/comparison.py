@@ -1,0 +1,77 @@
+"""Each report's own figure against cifarbench's: the model table, and the report presets not measured."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cifarbench import record
+from cifarbench.report.recipes import show
+from cifarbench.runs import REPORT_PRESET, Run
+
+MODEL_HEADERS = [
+    "Model",
+    "The report's best",
+    "Reported (%)",
+    "Measured here (%)",
+    "cifarbench's recipe",
+    "n",
+    "Test accuracy (%)",
+    "Without TTA (%)",
+    "Against the reported (points)",
+    "Epochs",
+    "Minutes",
+]
+
+
+def _reports_best(entries: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The highest figure among the report recipes in `entries`, test accuracy before validation
+    accuracy (a report's validation figure is not what a test accuracy is measured against first)."""
+    figures = [e for e in entries if e["reports_experiment"] and e["reported"] is not None]
+    return max(figures, key=lambda e: (e["reported_metric"] == "test_acc", e["reported"]), default=None)
+
+
+def model_table(entries: list[dict[str, Any]]) -> list[list[Any]]:
+    """One row per model and recipe of cifarbench's own: the model's best report figure among the
+    report recipes in `entries` beside each of cifarbench's recipes for it. Every recipe of a model is
+    listed, so no row is chosen by its test accuracy; a model with no recipe of cifarbench's own has
+    one row with that side empty."""
+    rows = []
+    for model in sorted({e["model"] for e in entries}):
+        of_model = [e for e in entries if e["model"] == model]
+        best = _reports_best(of_model)
+        report_side = [None, None, None]
+        if best is not None:  # the metric named: some reports give validation accuracy only
+            report_side = [best["recipe"], f"{best['reported_metric']} {best['reported']}", show(best["measured"])]
+        own = [e for e in of_model if not e["reports_experiment"]]
+        if not own:
+            rows.append([model, *report_side, *[None] * (len(MODEL_HEADERS) - 1 - len(report_side))])
+        for e in own:
+            acc = e["test_acc"]
+            against = None if best is None or acc is None else round(acc.mean - best["reported"], 2)
+            figures = [show(acc), show(e["test_without_tta"]), against, show(e["epochs"], 1), show(e["minutes"], 1)]
+            rows.append([model, *report_side, e["recipe"], e["n"], *figures])
+    return rows
+
+
+def unmeasured_presets(runs: list[Run]) -> list[list[Any]]:
+    """The reports' presets that start from ImageNet weights (model.weights) and have no completed
+    run among `runs`, with the command that runs each."""
+    from hydra import compose, initialize_config_dir
+
+    from cifarbench.config import config_dir, group_options, register_resolvers
+
+    measured = {run.preset for run in runs if run.status == record.COMPLETED}
+    rows = []
+    register_resolvers()
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        for name in group_options("experiment"):
+            if not REPORT_PRESET.match(name) or name in measured:
+                continue
+            cfg = compose("config", overrides=[f"experiment={name}"])
+            if str(cfg.model.get("weights", "none")) in ("none", "None"):
+                continue
+            figure = cfg.get("reported") or {}
+            value = figure.get("value")
+            shown = "-" if value is None else f"{figure.get('metric')} {value}"
+            rows.append([name, shown, figure.get("source", "-"), f"`cifarbench train experiment={name}`"])
+    return rows
