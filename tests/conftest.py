@@ -40,7 +40,7 @@ def shared_archive() -> Path:
     if not SHARED_ARCHIVE.is_file():
         if os.environ.get("CI"):
             pytest.fail(f"CI must have the real data at {SHARED_ARCHIVE}")
-        pytest.skip(f"real CIFAR-10 archive not found at {SHARED_ARCHIVE} (only on this project's machines)")
+        pytest.skip(f"real CIFAR-10 archive not found at {SHARED_ARCHIVE} (the shared folder beside the checkout)")
     return SHARED_ARCHIVE
 
 

@@ -25,7 +25,7 @@ log = logging.getLogger("cifarbench")
 def train(overrides: list[str]) -> int:
     import hydra
 
-    from cifarbench.validate import check_overrides
+    from cifarbench.config_check import check_overrides
 
     resume = [o.split("=", 1)[1] for o in overrides if o.startswith("resume=")]
     if resume:
@@ -103,7 +103,8 @@ def data_command(args: list[str]) -> int:
 
 
 def report_command(args: list[str]) -> int:
-    from cifarbench.report import COLUMNS, write_report
+    from cifarbench.report.build import write_report
+    from cifarbench.report.columns import COLUMNS
 
     parser = argparse.ArgumentParser(prog="cifarbench report", description="Compare runs: table, curves, HTML page.")
     parser.add_argument("paths", nargs="+", type=Path, help="run directories, sweeps or whole output trees")
@@ -190,6 +191,12 @@ def models_command(args: list[str]) -> int:
     return 0
 
 
+def reference_command(args: list[str]) -> int:
+    from cifarbench.reference import main as write_reference
+
+    return write_reference(args)
+
+
 @dataclass(frozen=True)
 class Command:
     run: Callable[[list[str]], int]
@@ -205,6 +212,9 @@ COMMANDS = {
     "predict": Command(predict_command, "predict RUN_DIR IMAGE...: top-3 classes for your own images, predictions.csv"),
     "runs": Command(
         runs_command, "runs [PATH]: list runs newest first (date, name, model, overrides, status, accuracy)"
+    ),
+    "reference": Command(
+        reference_command, "reference [--out FILE]: every config group, option and key, from conf/ (docs/reference.md)"
     ),
 }
 
