@@ -123,6 +123,43 @@ def test_problems_found_after_loading_are_one_line_too(
     assert not list((tmp_path / "outputs").rglob("*.yaml"))  # the started run directory was removed
 
 
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["scheduler=step", "scheduler.step_size=0"],
+            "scheduler.step_size=0 is refused: StepLR raises ZeroDivisionError",
+        ),
+        (["scheduler=cosine", "scheduler.eta_min=-1"], "scheduler.eta_min=-1 is refused: the learning rate becomes -"),
+        (
+            ["optimizer=adam", "optimizer.betas=[1.5,0.9]"],
+            "optimizer.betas=[1.5, 0.9] is refused: Adam raises ValueError",
+        ),
+        (
+            ["scheduler=onecycle", "scheduler.pct_start=2"],
+            "scheduler.pct_start=2 is refused: OneCycleLR raises ValueError",
+        ),
+        (
+            ["scheduler=plateau", "scheduler.factor=2"],
+            "scheduler.factor=2 is refused: ReduceLROnPlateau raises ValueError",
+        ),
+        (["model=kerascnn", "model.dense=-5"], "model (cifarbench.models.kerascnn.KerasCNN) cannot be built with"),
+    ],
+    ids=["step_size", "eta_min", "betas", "pct_start", "plateau_factor", "model_target"],
+)
+def test_values_torch_would_refuse_late_are_refused_before_the_first_batch(
+    tmp_path: Path, run_env: dict, overrides: list[str], message: str
+) -> None:
+    """Values that only torch checks (or never does: a negative learning rate) end as one line naming
+    the key and the value, before any training: no epoch is lost to them and no run is left behind."""
+    result = cli("train", "progress=false", "epochs=2", *overrides, cwd=tmp_path, env=run_env, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert not list((tmp_path / "outputs").rglob("history.csv"))  # refused before the first epoch
+    assert not list((tmp_path / "outputs").rglob("*.yaml"))
+
+
 # --- data faults -------------------------------------------------------------------------------
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,25 @@ def instantiate(config: Any, **kwargs: Any) -> Any:
         if isinstance(exc.__cause__, UserError):
             raise exc.__cause__ from None
         raise
+
+
+@contextmanager
+def building(group: str, node: Any) -> Iterator[None]:
+    """Around building a group's `_target_` (model, augmentation): what the target raises becomes a
+    UserError naming the group's keys and values, not a traceback from inside torch or torchvision."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as exc:
+        cause = exc.__cause__ if isinstance(exc, InstantiationException) and exc.__cause__ else exc
+        values = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else {}
+        shown = ", ".join(f"{group}.{k}={v}" for k, v in values.items() if not str(k).startswith("_"))
+        target = values.get("_target_", "?")
+        text = " ".join(str(cause).split())[:200]
+        raise UserError(
+            f"{group} ({target}) cannot be built with {shown or 'its defaults'}: {type(cause).__name__}: {text}"
+        ) from None
 
 
 def config_dir() -> Path:

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from cifarbench import artifacts, distributed, record
 from cifarbench.augmentation import BatchMix
-from cifarbench.config import instantiate
+from cifarbench.config import building, instantiate
 from cifarbench.data import CLASSES, Batches, DataSplits, Normalize, Split, splits_for
 from cifarbench.distributed import SINGLE_PROCESS, World, all_reduce_sum, any_rank
 from cifarbench.errors import Diverged, Interrupted, TrainingStopped, UserError
@@ -41,6 +41,7 @@ from cifarbench.interrupt import StopRequest
 from cifarbench.loggers import NoLogger
 from cifarbench.models import build_model, count_parameters
 from cifarbench.optimizers import Lookahead, build_optimizer
+from cifarbench.preflight import check_optimization
 from cifarbench.runtime import Precision, configure_backends, select_device, select_precision, versions
 from cifarbench.schedulers import Schedule, build_schedule, epoch_lengths, training_steps
 from cifarbench.state import Generators, TrainingState, weights_to_test
@@ -223,7 +224,8 @@ def load_splits(cfg: DictConfig, device: torch.device) -> DataSplits:
 
 def build_network(cfg: DictConfig, train: Split, normalize: Normalize, runtime: Runtime) -> tuple[nn.Module, nn.Module]:
     """(model, forward): see place_model."""
-    model = build_model(cfg.model)
+    with building("model", cfg.model):
+        model = build_model(cfg.model)
     if hasattr(model, "init_from_data"):  # data-dependent initialisation, e.g. `fast`'s whitening filters
         sample = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed))[:5000]
         model.init_from_data(normalize(train.images[sample.to(runtime.device)]))
@@ -238,15 +240,18 @@ def build_training(
 ) -> tuple[TrainingState, TrainingStep, Batches]:
     """The training state (what a checkpoint holds), the step that changes it, and the batches it eats."""
     generators = Generators(cfg.seed, runtime.device, runtime.world)
+    with building("augmentation", cfg.augmentation):
+        augmentation = instantiate(cfg.augmentation)
     batches = Batches(
         train,
         cfg.batch_size,
-        instantiate(cfg.augmentation),
+        augmentation,
         normalize,
         generators.shuffle,
         generators.augmentation,
         runtime.world,
     )
+    check_optimization(cfg, len(batches))  # what torch would refuse only later, refused before the first batch
     optimizer = build_optimizer(cfg.optimizer, model)
     ema = None
     if cfg.ema_decay:
