@@ -5,7 +5,6 @@ What they add up to is written by record.py, as metrics.json, once these files a
 
 from __future__ import annotations
 
-import csv
 import math
 import statistics
 from pathlib import Path
@@ -24,7 +23,7 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
-from cifarbench.files import write_csv, write_text_atomic
+from cifarbench.files import save_figure, write_csv, write_text_atomic
 
 HISTORY_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "train_seconds", "seconds")
 
@@ -88,11 +87,8 @@ def write_run_files(
 
 
 def write_confusion_matrix(run_dir: Path, matrix: np.ndarray, classes: tuple[str, ...]) -> None:
-    with (run_dir / "confusion_matrix.csv").open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["true \\ predicted", *classes])
-        for name, row in zip(classes, matrix, strict=True):
-            writer.writerow([name, *row.tolist()])
+    rows = [[name, *row.tolist()] for name, row in zip(classes, matrix, strict=True)]
+    write_csv(run_dir / "confusion_matrix.csv", ["true \\ predicted", *classes], rows)
     row_sums = matrix.sum(axis=1, keepdims=True)
     normalised = np.divide(matrix, row_sums, out=np.zeros(matrix.shape), where=row_sums > 0)
     fig, axes = plt.subplots(1, 2, figsize=(17, 7))
@@ -102,7 +98,7 @@ def write_confusion_matrix(run_dir: Path, matrix: np.ndarray, classes: tuple[str
         )
         ax.set_title(f"Confusion matrix ({title})")
     fig.tight_layout()
-    fig.savefig(run_dir / "confusion_matrix.png", dpi=100)
+    save_figure(fig, run_dir / "confusion_matrix.png", dpi=100)
     plt.close(fig)
 
 
@@ -118,7 +114,7 @@ def plot_curves(history: list[dict], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
 
 
@@ -140,5 +136,5 @@ def plot_samples(
         right = y_pred[i] == y_true[i]
         ax.set_title(f"{classes[y_pred[i]]}\n({classes[y_true[i]]})", fontsize=8, color="green" if right else "red")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)

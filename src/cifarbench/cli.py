@@ -18,6 +18,7 @@ from pathlib import Path
 
 from cifarbench.config import GROUPS, config_dir, group_options, register_resolvers
 from cifarbench.errors import UserError
+from cifarbench.files import DiskFull
 
 log = logging.getLogger("cifarbench")
 
@@ -255,7 +256,12 @@ def main(argv: list[str] | None = None) -> int:
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
         return fail(f"unknown command {name!r}; choose one of: {', '.join(COMMANDS)} (see cifarbench --help)")
+    # A log file on a full disk must not print a traceback per line; what failed is said once below.
+    logging.raiseExceptions = False
     try:
         return COMMANDS[name].run(rest)
     except UserError as exc:
         return fail(str(exc))
+    except DiskFull as exc:  # nothing was half-written (files.write_atomic); exit 1, as the input was fine
+        fail(f"{exc}; free some space and run the command again")
+        return 1

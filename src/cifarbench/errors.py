@@ -36,6 +36,7 @@ class TrainingStopped(Exception):
 
     status = record.FAILED
     exit_code = 1
+    reason: str | None = None  # said in the record beside the status (e.g. "disk full")
 
 
 class Diverged(TrainingStopped):
@@ -48,6 +49,14 @@ class Pruned(TrainingStopped):
     """A search's pruner judged the trial hopeless after an epoch; its run directory stays as it is."""
 
     status = record.PRUNED
+
+
+class OutOfSpace(TrainingStopped):
+    """The disk filled up while the run wrote its files: interrupted, resumable once there is space
+    (the last checkpoint on disk is intact: files.write_atomic)."""
+
+    status = record.INTERRUPTED
+    reason = "disk full"
 
 
 class Interrupted(TrainingStopped):

@@ -6,7 +6,6 @@ needs; nothing here writes into the run directory.
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from cifarbench import record
 from cifarbench.data import CLASSES, Normalize, Split, splits_for
 from cifarbench.errors import UserError
 from cifarbench.evaluation import evaluate
+from cifarbench.files import write_csv
 from cifarbench.models import build_model
 from cifarbench.runtime import Precision, select_device, select_precision
 from cifarbench.state import load_checkpoint, weights_to_test
@@ -115,9 +115,7 @@ def predict(run_dir: Path, images: list[Path], output: Path, which: str = "auto"
         results.append(
             {"image": str(path), "top": [(CLASSES[i], float(v)) for v, i in zip(values, indices, strict=True)]}
         )
-    with output.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["image", *(f"{kind}{k}" for k in range(1, top + 1) for kind in ("class", "prob"))])
-        for result in results:
-            writer.writerow([result["image"], *(x for pair in result["top"] for x in (pair[0], f"{pair[1]:.4f}"))])
+    headers = ["image", *(f"{kind}{k}" for k in range(1, top + 1) for kind in ("class", "prob"))]
+    rows = [[r["image"], *(x for pair in r["top"] for x in (pair[0], f"{pair[1]:.4f}"))] for r in results]
+    write_csv(output, headers, rows)
     return results

@@ -49,10 +49,14 @@ def write_failed(run_dir: Path, error: str) -> dict[str, Any]:
     return write(run_dir, FAILED, {"error": error})
 
 
-def write_stopped(run_dir: Path, status: str, error: str, epochs_run: int, resumable: bool) -> dict[str, Any]:
-    """A run that did not finish: why, how far it got, and how to go on (`resumable`: with resume=)."""
+def write_stopped(
+    run_dir: Path, status: str, error: str, epochs_run: int, resumable: bool, reason: str | None = None
+) -> dict[str, Any]:
+    """A run that did not finish: why, how far its last checkpoint got, and how to go on
+    (`resumable`: with resume=); `reason` names a cause beside the status, e.g. "disk full"."""
     checkpoint = run_dir / "checkpoints" / "last.pt"
     fields: dict[str, Any] = {
+        **({"reason": reason} if reason else {}),
         "error": error,
         "epochs_run": epochs_run,
         "last_good_checkpoint": str(checkpoint) if epochs_run else None,

@@ -17,7 +17,6 @@ run directory someone sent you never runs code from it.
 from __future__ import annotations
 
 import logging
-import os
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from torch.optim.swa_utils import AveragedModel
 from cifarbench import distributed
 from cifarbench.distributed import World
 from cifarbench.errors import UserError, check_choice
+from cifarbench.files import write_stream_atomic
 from cifarbench.optimizers import Lookahead
 from cifarbench.options import TEST_WEIGHTS
 from cifarbench.schedulers import Schedule
@@ -43,9 +43,7 @@ FORMAT = 2  # 1: cifarbench before the training state had one owner (pickled, no
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Atomic: a kill mid-write leaves the previous file, never half of a new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    write_stream_atomic(path, lambda fh: torch.save(state, fh))
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -185,6 +183,7 @@ class TrainingState:
     history: list[dict] = field(default_factory=list)
     best_weights: dict[str, torch.Tensor] | None = None
     best_saved_epoch: int = -1  # the epoch of the best.pt on disk (-1: unknown, write it at the next save)
+    saved_epoch: int = 0  # the epoch of the last.pt on disk: what a resume starts after
 
     @property
     def epoch(self) -> int:
@@ -255,6 +254,7 @@ class TrainingState:
         best = checkpoint["best"]
         self.best_weights = best["weights"]
         self.best_saved_epoch = -1  # best.pt may be older than last.pt (a kill between the two writes)
+        self.saved_epoch = self.epoch
         device = next(self.model.parameters()).device
         if self.best_weights is not None:
             self.best_weights = {k: v.to(device) for k, v in self.best_weights.items()}
@@ -269,6 +269,7 @@ class TrainingState:
             return
         folder = run_dir / "checkpoints"
         save_checkpoint(folder / "last.pt", state)
+        self.saved_epoch = self.epoch
         if self.best_weights is not None and self.best_saved_epoch != self.tracker.best_epoch:
             best = {
                 "format": FORMAT,

@@ -7,6 +7,7 @@ jobs included, with their error); with exactly two swept parameters also the gri
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,11 +21,13 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from cifarbench import record
-from cifarbench.files import write_csv, write_text_atomic
+from cifarbench.files import DiskFull, save_figure, write_csv, write_text_atomic
 from cifarbench.report.recipes import RECIPE_HEADERS, recipe_table, recipes, write_recipes_csv
 from cifarbench.runs import Run, load_run
 from cifarbench.search.space import is_search
 from cifarbench.tables import markdown_table, spread
+
+log = logging.getLogger("cifarbench")
 
 
 def _overrides(run: Run) -> dict[str, str]:
@@ -125,7 +128,7 @@ def grid(sweep_dir: Path, swept: list[str], values: list[dict[str, str]], runs: 
     fig.colorbar(image, ax=ax, label="test accuracy (%)")
     ax.set_title("Test accuracy")
     fig.tight_layout()
-    fig.savefig(sweep_dir / "heatmap.png", dpi=100)
+    save_figure(fig, sweep_dir / "heatmap.png", dpi=100)
     plt.close(fig)
     return "## Grid\n\n" + markdown_table([first, second, "Test accuracy", "Test loss"], rows)
 
@@ -139,13 +142,24 @@ class SweepSummary(Callback):
         from hydra.types import RunMode
 
         if HydraConfig.get().mode == RunMode.MULTIRUN and not is_search(HydraConfig.get().sweeper):
-            write_summary(Path(HydraConfig.get().runtime.output_dir).parent)
+            try:
+                write_summary(Path(HydraConfig.get().runtime.output_dir).parent)
+            except DiskFull as full:  # the jobs' own files matter more; the summary is written again at the end
+                log.warning("sweep summary not updated: %s", full)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.is_dir() or is_search(config.hydra.sweeper):  # the search writes its own summary
             return
-        runs = write_summary(sweep_dir)
+        try:
+            runs = write_summary(sweep_dir)
+        except DiskFull as full:
+            print(
+                f"cifarbench: error: sweep summary not written: {full}; free some space and run the "
+                "sweep's command again with its hydra.sweep.dir (finished jobs are kept)",
+                file=sys.stderr,
+            )
+            sys.exit(1)
         failed = [run for run in runs if run.status != record.COMPLETED]
         print(f"sweep summary: {sweep_dir / 'summary.md'} ({len(runs) - len(failed)} of {len(runs)} jobs completed)")
         if failed:

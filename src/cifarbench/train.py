@@ -35,8 +35,9 @@ from cifarbench.augmentation import BatchMix
 from cifarbench.config import building, instantiate
 from cifarbench.data import CLASSES, Batches, DataSplits, Normalize, Split, splits_for
 from cifarbench.distributed import SINGLE_PROCESS, World, all_reduce_sum, any_rank
-from cifarbench.errors import Diverged, Interrupted, TrainingStopped, UserError
+from cifarbench.errors import Diverged, Interrupted, OutOfSpace, TrainingStopped, UserError
 from cifarbench.evaluation import EvalResult, evaluate, evaluate_test_set
+from cifarbench.files import DiskFull
 from cifarbench.interrupt import StopRequest
 from cifarbench.loggers import NoLogger
 from cifarbench.models import build_model, count_parameters
@@ -176,24 +177,30 @@ def fit(
     logger = instantiate(cfg.logger)(run_dir=run_dir, config=state.config) if main else NoLogger(run_dir, {})
 
     setup_seconds = (datetime.now() - started).total_seconds()
-    stop_reason = run_epochs(cfg, state, step, batches, splits.val, run_dir, runtime, logger, after_epoch)
+    try:
+        stop_reason = run_epochs(cfg, state, step, batches, splits.val, run_dir, runtime, logger, after_epoch)
 
-    test, tic = None, time.perf_counter()
-    if read_test_set:
-        test = final_test(cfg, state, splits.test, normalize, runtime.precision)
-    metrics = artifacts.run_metrics(state.history, test, CLASSES, run_facts(cfg, state, splits, runtime))
-    metrics.update(
-        stopped_early=stop_reason,
-        test_without_tta=None if test is None else test.without_tta,
-        resumed=resume is not None,
-        started_at=started.isoformat(timespec="seconds"),
-        setup_seconds=setup_seconds,  # start to the first epoch: imports aside, data, model, restore
-        test_seconds=time.perf_counter() - tic,  # the final test (all TTA views) and its metrics
-        total_seconds=(datetime.now() - started).total_seconds(),
-    )
+        test, tic = None, time.perf_counter()
+        if read_test_set:
+            test = final_test(cfg, state, splits.test, normalize, runtime.precision)
+        metrics = artifacts.run_metrics(state.history, test, CLASSES, run_facts(cfg, state, splits, runtime))
+        metrics.update(
+            stopped_early=stop_reason,
+            test_without_tta=None if test is None else test.without_tta,
+            resumed=resume is not None,
+            started_at=started.isoformat(timespec="seconds"),
+            setup_seconds=setup_seconds,  # start to the first epoch: imports aside, data, model, restore
+            test_seconds=time.perf_counter() - tic,  # the final test (all TTA views) and its metrics
+            total_seconds=(datetime.now() - started).total_seconds(),
+        )
+        if main:
+            artifacts.write_run_files(run_dir, test, splits.test.images.cpu(), CLASSES, state.history)
+            metrics = record.write_completed(run_dir, metrics)  # last: "completed" means every file is there
+    except DiskFull as full:  # the last.pt on disk is intact (files.write_atomic): resumable once there is space
+        stopped = OutOfSpace(str(full))
+        record_stop(run_dir, stopped, state.saved_epoch)
+        raise stopped from None
     if main:
-        artifacts.write_run_files(run_dir, test, splits.test.images.cpu(), CLASSES, state.history)
-        metrics = record.write_completed(run_dir, metrics)  # last: a record of "completed" means every file is there
         logger.finish(metrics)
     return metrics
 
@@ -305,6 +312,8 @@ def run_epochs(
     world = runtime.world
     lengths = epoch_lengths(cfg.epochs, len(batches))  # epochs=7.5: the eighth is half of one
     last_epoch, full = len(lengths), lengths[0]
+    if state.tracker.should_stop:  # resumed after early stopping ended it (its final files did not fit)
+        return f"early stopping at epoch {state.epoch}: {state.tracker.reason()}"
     epochs_bar = tqdm(range(state.epoch + 1, last_epoch + 1), desc="epochs", disable=not cfg.progress)
     with StopRequest() as stop:
         for epoch in epochs_bar:
@@ -317,7 +326,7 @@ def run_epochs(
             except TrainingStopped as stopped:
                 stopped.args = (f"epoch {epoch}: {stopped}",)
                 if world.is_main:
-                    record_stop(run_dir, stopped, state.history)
+                    record_stop(run_dir, stopped, state.saved_epoch)
                 raise
             train_seconds = time.perf_counter() - tic
             state.sync_ranks(world)
@@ -374,7 +383,7 @@ def run_epochs(
                     after_epoch(epoch, monitored)
                 except TrainingStopped as stopped:
                     if world.is_main:
-                        record_stop(run_dir, stopped, state.history)
+                        record_stop(run_dir, stopped, state.saved_epoch)
                     raise
     return None
 
@@ -463,7 +472,11 @@ def restore(state: TrainingState, checkpoint: dict, run_dir: Path) -> None:
     log.info("resumed %s after epoch %d", run_dir, state.epoch)
 
 
-def record_stop(run_dir: Path, stopped: TrainingStopped, history: list[dict]) -> None:
-    """The record of a run that did not finish: why, how far it got, how to go on."""
-    resumable = isinstance(stopped, Interrupted)
-    record.write_stopped(run_dir, stopped.status, str(stopped), len(history), resumable)
+def record_stop(run_dir: Path, stopped: TrainingStopped, saved_epoch: int) -> None:
+    """The record of a run that did not finish: why, how far its last checkpoint got, how to go on.
+    On a full disk even that may not fit: the run's checkpoint and history still say how far it got."""
+    resumable = stopped.status == record.INTERRUPTED
+    try:
+        record.write_stopped(run_dir, stopped.status, str(stopped), saved_epoch, resumable, stopped.reason)
+    except DiskFull:
+        log.warning("the run's record (metrics.json) did not fit on the disk either")

@@ -15,7 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from cifarbench import distributed, record
 from cifarbench.config import register_resolvers
-from cifarbench.errors import TrainingStopped, UserError
+from cifarbench.errors import OutOfSpace, TrainingStopped, UserError
+from cifarbench.files import DiskFull, write_text_atomic
 from cifarbench.loggers import flatten
 from cifarbench.runs import TRIAL_ENV, WHERE_AND_HOW
 from cifarbench.search.trial import trial_pruning
@@ -45,7 +46,7 @@ def train_job(cfg: DictConfig) -> float | None:
         else:
             # checked once, by cli.train before Hydra started: every job of a sweep, before the first ran
             OmegaConf.resolve(cfg)  # the saved config says what ran, not how it was computed
-            OmegaConf.save(cfg, run_dir / "config.yaml")
+            write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))
         set_threads(cfg)
         trial = trial_pruning(run_dir, cfg.monitor) if in_sweep else None  # a trial of hydra/sweeper=optuna
         if trial is None:
@@ -74,11 +75,15 @@ def train_job(cfg: DictConfig) -> float | None:
             log.info(message)
             return None
         interrupted = stopped.status == record.INTERRUPTED
+        checkpoint = (run_dir / "checkpoints" / "last.pt").is_file()
+        free_first = "free some space, then " if isinstance(stopped, OutOfSpace) else ""
         if interrupted and os.environ.get(TRIAL_ENV):
-            message += f"; continue the search with its own command and hydra.sweep.dir={run_dir.parent}"
+            message += f"; {free_first}continue the search with its own command and hydra.sweep.dir={run_dir.parent}"
+        elif interrupted and checkpoint:
+            message += f"; last epoch's checkpoint kept, {free_first}resume with: cifarbench train resume={run_dir}"
         elif interrupted:
-            message += f"; last epoch's checkpoint kept, resume with: cifarbench train resume={run_dir}"
-        elif (run_dir / "checkpoints" / "last.pt").is_file():
+            message += f"; no epoch was saved, so {free_first}run the command again"
+        elif checkpoint:
             message += f"; the last good checkpoint is kept: {run_dir / 'checkpoints' / 'last.pt'}"
         else:
             message += "; no epoch completed, so there is no checkpoint"
@@ -87,6 +92,12 @@ def train_job(cfg: DictConfig) -> float | None:
         if in_sweep and not interrupted:
             return None  # a diverged job is a result of the sweep; an interrupt stops the sweep
         sys.exit(stopped.exit_code)
+    except DiskFull as full:  # before training (config.yaml, the data cache): nothing to record, no room to
+        if not cfg.resume and not (run_dir / "history.csv").exists():
+            shutil.rmtree(run_dir, ignore_errors=True)  # nothing trained: leave no run-looking folder
+        if main_process:
+            print(f"cifarbench: error: {full}; free some space and run the command again", file=sys.stderr)
+        sys.exit(1)
     except Exception as exc:
         if not cfg.resume:  # as above: the interrupted run's record and checkpoint stay as they were
             record.write_failed(run_dir, f"{type(exc).__name__}: {exc}")

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from pathlib import Path
 
 import torch
 
 from cifarbench.data.sources import CLASSES, SPLITS, RawSplit
+from cifarbench.files import write_stream_atomic
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +41,7 @@ def write_cache(root: Path, splits: dict[str, RawSplit], source: str) -> Path:
         payload[f"{split}_images"] = splits[split].images
         payload[f"{split}_labels"] = splits[split].labels
     payload["checksum"] = _checksum(splits)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)  # atomic: a crash mid-write never leaves a half cache behind
+    write_stream_atomic(path, lambda fh: torch.save(payload, fh))  # a crash or a full disk leaves no half cache
     return path
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from cifarbench.errors import UserError
-from cifarbench.files import write_csv
+from cifarbench.files import write_csv, write_text_atomic
 from cifarbench.report.columns import RUN_HEADERS, run_table
 from cifarbench.report.comparison import MODEL_HEADERS, model_table, unmeasured_presets
 from cifarbench.report.pages import plot_overlaid_curves, write_html
@@ -83,11 +83,11 @@ def write_report(
     if markdown is not None:  # only the tables, e.g. docs/results.md
         text = report_markdown(rows, entries, searches, command, unmeasured_presets(runs))
         markdown.parent.mkdir(parents=True, exist_ok=True)
-        markdown.write_text(text)
+        write_text_atomic(markdown, text)
         return [markdown]
     text = report_markdown(rows, entries, searches, command, None)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "report.md").write_text(text)
+    write_text_atomic(out / "report.md", text)
     write_csv(out / "report.csv", RUN_HEADERS, rows)
     write_recipes_csv(out / "recipes.csv", entries)
     plot_overlaid_curves(listed, out / "curves.png")

@@ -13,6 +13,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt
 
+from cifarbench.files import save_figure, write_text_atomic
 from cifarbench.report.columns import COLUMNS, RUN_HEADERS
 from cifarbench.report.recipes import RECIPE_HEADERS
 from cifarbench.report.searches import SEARCH_HEADERS
@@ -36,7 +37,7 @@ def plot_overlaid_curves(runs: list[Run], path: Path) -> None:
     if handles:
         fig.legend(handles, labels, loc="lower center", ncol=min(3, len(labels)), fontsize=8)
         fig.subplots_adjust(bottom=0.12 + 0.04 * ((len(labels) + 2) // 3))
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
 
 
@@ -104,4 +105,4 @@ def write_html(
         parts.append(f"<h3>{html.escape(run.model)}: {html.escape(str(run.path))} ({html.escape(run.status)})</h3>")
         parts.append(_embed(matrix) if matrix.is_file() else "<p>no confusion matrix (the run did not finish)</p>")
     parts.append(f"<script>{_SORT_SCRIPT}</script></body></html>")
-    path.write_text("\n".join(parts))
+    write_text_atomic(path, "\n".join(parts))

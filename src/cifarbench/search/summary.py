@@ -18,7 +18,7 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt
 
 from cifarbench import record
-from cifarbench.files import write_csv, write_text_atomic
+from cifarbench.files import save_figure, write_csv, write_text_atomic
 from cifarbench.runs import Run, load_run, short_number
 from cifarbench.search.study import best, best_test_accuracy, tested_trials
 from cifarbench.tables import markdown_table
@@ -135,7 +135,7 @@ def write_plots(sweep_dir: Path, study: optuna.Study) -> str:
             skipped.append(f"{name} ({str(exc).splitlines()[0][:80]})")
             continue
         figure = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
-        figure.savefig(sweep_dir / name, dpi=100, bbox_inches="tight")
+        save_figure(figure, sweep_dir / name, dpi=100, bbox_inches="tight")
         plt.close(figure)
         written.append(name)
     text = "## Plots\n\n" + "".join(f"![{n}]({n})\n" for n in written)

@@ -40,6 +40,7 @@ class OptunaSweeper(Sweeper):
 
     def sweep(self, arguments: list[str]) -> None:
         from cifarbench.errors import UserError
+        from cifarbench.files import DiskFull
         from cifarbench.search.sweeper import Search
 
         try:
@@ -47,3 +48,6 @@ class OptunaSweeper(Sweeper):
         except UserError as exc:  # Hydra would print a traceback and exit 1
             print(f"cifarbench: error: {exc}", file=sys.stderr)
             sys.exit(2)
+        except DiskFull as exc:  # the study and the trials' files are intact: the same command continues
+            print(f"cifarbench: error: {exc}; free some space and run the search's command again", file=sys.stderr)
+            sys.exit(1)
