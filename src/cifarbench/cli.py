@@ -10,6 +10,7 @@ import argparse
 import logging
 import os
 import shlex
+import shutil
 import sys
 import tempfile
 from collections.abc import Callable
@@ -29,11 +30,16 @@ def train(overrides: list[str]) -> int:
     from cifarbench.config_check import check_overrides
 
     resume = [o.split("=", 1)[1] for o in overrides if o.startswith("resume=")]
+    replace = False
     if resume:
         overrides = resume_overrides(Path(resume[-1]), overrides)
     else:
-        check_overrides(overrides)  # bad keys and values fail here, before any run directory exists
-    overrides = overrides + distributed_overrides(overrides)  # last: a torchrun worker never writes the run
+        first_job = check_overrides(overrides)  # bad keys and values fail here, before any run directory exists
+        replace = bool(first_job.get("overwrite", False))
+    extra = distributed_overrides(overrides)  # last: a torchrun worker never writes the run
+    if not extra and "-m" not in overrides and "--multirun" not in overrides:
+        claim_named_run_dir(overrides, bool(resume), replace)
+    overrides = overrides + extra
     from cifarbench.train_job import train_job  # torch and friends: only once the config is known good
 
     register_resolvers()
@@ -57,6 +63,33 @@ def distributed_overrides(overrides: list[str]) -> list[str]:
         return []
     scratch = tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{world.rank}-")
     return [f"hydra.run.dir={scratch}", "hydra.output_subdir=null", "hydra/job_logging=disabled"]
+
+
+def claim_named_run_dir(overrides: list[str], resuming: bool, replace: bool) -> None:
+    """A run into a directory named on the command line (hydra.run.dir=, resume=) owns it before
+    Hydra writes anything there: refused while another process trains into it, and refused when
+    it holds another run, unless that run is resumed or `overwrite=true` replaces it."""
+    from cifarbench import owner
+    from cifarbench.runs import holds_a_run, load_run
+
+    named = [o.split("=", 1)[1] for o in overrides if o.startswith("hydra.run.dir=")]
+    if not named:
+        return  # a default directory: new, claimed atomically by config.claim_run_dir, owned in train_job
+    run_dir = Path(named[-1])
+    if not resuming and holds_a_run(run_dir) and owner.state(run_dir) != "held" and not replace:
+        status = load_run(run_dir).status
+        forward = f"continue it with cifarbench train resume={run_dir}, " if status != "completed" else ""
+        raise UserError(
+            f"hydra.run.dir={run_dir} holds {'an' if status[0] in 'aeiou' else 'a'} {status} run; {forward}give this "
+            "run another hydra.run.dir, "
+            "or add overwrite=true to delete that run and train this one in its place"
+        )
+    owner.claim(run_dir)  # refuses a directory in use, naming its owner
+    if replace and not resuming:
+        for entry in run_dir.iterdir():
+            if entry.name != owner.LOCK_FILE:
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        log.info("overwrite=true: the run that was in %s is deleted", run_dir)
 
 
 def resume_overrides(run_dir: Path, overrides: list[str]) -> list[str]:

@@ -15,7 +15,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Glob, IntervalSweep, Override
 from hydra.errors import HydraException
 from hydra.utils import get_object
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from cifarbench.config import GROUPS, config_dir, group_options, register_resolvers
@@ -33,6 +33,9 @@ from cifarbench.options import (
 from cifarbench.search.space import checked_space, interval_ends, is_search, require_optuna, sweeper_params
 
 NUM_CLASSES = 10
+MAX_EPOCHS = 10_000  # a typo's bound (epochs=1e9 would plan a billion epochs before failing)
+MAX_THREADS = 1024
+TEXT_KEYS = ("name", "output_root", "resume", "data.root", "data.source")  # name=nan names a folder "nan"
 
 
 def _is_int(value: Any) -> bool:
@@ -52,11 +55,17 @@ def one_of(allowed: tuple) -> tuple[Callable[[Any], bool], str]:
 # key -> (test, what is allowed); lists of values come from options.py. Keys absent from a config
 # (e.g. model.dropout) are not checked.
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "epochs": (lambda v: _is_number(v) and 0 < v < math.inf, "a number > 0 (7.5: seven epochs and half of an eighth)"),
+    "epochs": (
+        lambda v: _is_number(v) and 0 < v <= MAX_EPOCHS,
+        f"a number in (0, {MAX_EPOCHS}] (7.5: seven epochs and half of an eighth)",
+    ),
     "batch_size": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "eval_batch_size": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "seed": (_is_int, "an integer"),
-    "threads": (lambda v: v is None or (_is_int(v) and v >= 1), "null or an integer >= 1"),
+    "threads": (
+        lambda v: v is None or (_is_int(v) and 1 <= v <= MAX_THREADS),
+        f"null or an integer in [1, {MAX_THREADS}]",
+    ),
     "device": one_of(DEVICES),
     "precision": one_of(PRECISIONS),
     "test_weights": one_of(TEST_WEIGHTS),
@@ -64,6 +73,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "channels_last": (lambda v: isinstance(v, bool), "true or false"),
     "deterministic": (lambda v: isinstance(v, bool), "true or false"),
     "progress": (lambda v: isinstance(v, bool), "true or false"),
+    "overwrite": (lambda v: isinstance(v, bool), "true or false"),
     "monitor": one_of(MONITORS),
     "label_smoothing": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
     "grad_clip": (lambda v: v is None or (_is_number(v) and v > 0), "null or a number > 0"),
@@ -103,6 +113,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
 
 
 def check_config(cfg: DictConfig) -> None:
+    check_finite(cfg)
     for key, (test, allowed) in RULES.items():
         value = OmegaConf.select(cfg, key, default="__absent__")
         if value == "__absent__":
@@ -111,6 +122,20 @@ def check_config(cfg: DictConfig) -> None:
             raise UserError(f"{key}={value!r} is not allowed: {key} must be {allowed}")
     check_test_set_is_read_once(cfg)
     check_sparse_validation(cfg)
+
+
+def check_finite(node: Any, prefix: str = "") -> None:
+    """NaN and infinity are no hyperparameter's value: refused wherever they stand, before a run
+    could spread them through every weight."""
+    if isinstance(node, DictConfig | ListConfig):
+        for key in node if isinstance(node, DictConfig) else range(len(node)):
+            child = node._get_node(key)
+            if child is not None and not child._is_missing() and not child._is_interpolation():
+                check_finite(node[key], f"{prefix}{key}." if isinstance(node, DictConfig) else f"{prefix[:-1]}[{key}].")
+        return
+    key = prefix[:-1]
+    if isinstance(node, float) and not math.isfinite(node) and key not in TEXT_KEYS:
+        raise UserError(f"{key}={node} is not allowed: {key} must be a finite number (not nan or inf)")
 
 
 def check_sparse_validation(cfg: DictConfig) -> None:

@@ -128,8 +128,11 @@ def _culprits(cfg: DictConfig, group: str, steps_per_epoch: int) -> str:
         trial[group][key] = option.get(key)
         if _try(trial, steps_per_epoch) is None:
             causes.append(key)
-    keys = causes or changed or _settable(node)
-    return ", ".join(f"{group}.{k}={_show(node.get(k))}" for k in keys)
+    if causes:
+        return ", ".join(f"{group}.{k}={_show(node.get(k))}" for k in causes)
+    # no one key of its own: the group's settings together with the rest of the run (epochs, optimizer)
+    shown = ", ".join(f"{group}.{k}={_show(node.get(k))}" for k in changed or _settable(node))
+    return f"{group} with {shown} in this run" if shown else f"{group} in this run"
 
 
 def _settable(node: DictConfig) -> list[str]:

@@ -27,14 +27,15 @@ INTERRUPTED = "interrupted"  # Ctrl-C, SIGTERM: resume from the last checkpoint
 PRUNED = "pruned"  # a search trial stopped by the study's pruner: a normal outcome of a search
 FAILED = "failed"  # an error (a bad config in a sweep job, a crash); the error is recorded
 UNFINISHED = "unfinished"  # no record: still running, or killed before it wrote one
-STATUSES = (COMPLETED, DIVERGED, INTERRUPTED, PRUNED, FAILED, UNFINISHED)
+RUNNING = "running"  # no record yet, and a live process owns the directory (owner.py): read, never written
+STATUSES = (COMPLETED, DIVERGED, INTERRUPTED, PRUNED, FAILED, UNFINISHED, RUNNING)
 ENDED = (COMPLETED, PRUNED, FAILED, DIVERGED)  # final: running the job again would not change them
 UNREADABLE = "metrics.json is unreadable"
 
 
 def write(run_dir: Path, status: str, fields: dict[str, Any]) -> dict[str, Any]:
     """Writes the record (atomically: a kill leaves the previous one) and returns it."""
-    if status not in STATUSES or status == UNFINISHED:
+    if status not in STATUSES or status in (UNFINISHED, RUNNING):
         raise ValueError(f"not a status a run can be recorded with: {status!r}")
     record = {"status": status, "format": FORMAT, **{k: v for k, v in fields.items() if k not in ("status", "format")}}
     write_json(run_dir / FILE, record)

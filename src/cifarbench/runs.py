@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from cifarbench import record
+from cifarbench import owner, record
 from cifarbench.loggers import flatten
 
 # Keys that say where or how a job runs, not what it trains: left out of "key overrides", of what
@@ -22,6 +22,7 @@ WHERE_AND_HOW = (
     "progress",
     "device",
     "resume",
+    "overwrite",
     "threads",
     "eval_batch_size",
     "logger",
@@ -204,6 +205,12 @@ def is_run_dir(path: Path) -> bool:
     return (path / ".hydra" / "config.yaml").is_file() or (path / record.FILE).is_file()
 
 
+def holds_a_run(path: Path) -> bool:
+    """Whether `path` holds anything of a run (a record, a config, a checkpoint, a history, a lock)."""
+    marks = (record.FILE, "config.yaml", "history.csv", "checkpoints", ".hydra", owner.LOCK_FILE)
+    return path.is_dir() and any((path / mark).exists() for mark in marks)
+
+
 def find_runs(paths: list[Path]) -> list[Run]:
     """Every run directory at or below `paths` (a run, a sweep, a whole outputs/ tree)."""
     found: dict[Path, Run] = {}
@@ -227,6 +234,9 @@ def _read_yaml(path: Path) -> Any:
 
 def load_run(path: Path) -> Run:
     metrics = record.read(path)
+    status = metrics["status"]
+    if status == record.UNFINISHED:  # no record: its owner still trains, or was killed (the lock it left is free)
+        status = {"held": record.RUNNING, "free": record.INTERRUPTED}.get(owner.state(path), status)
     history = []
     if (path / "history.csv").is_file():
         with (path / "history.csv").open() as fh:
@@ -238,7 +248,7 @@ def load_run(path: Path) -> Run:
     env_set = hydra.get("hydra", {}).get("job", {}).get("env_set") or {}
     return Run(
         path=path,
-        status=metrics["status"],
+        status=status,
         config=config,
         metrics=metrics,
         history=history,

@@ -13,11 +13,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from cifarbench import distributed, record
+from cifarbench import distributed, owner, record
 from cifarbench.config import register_resolvers
 from cifarbench.errors import OutOfSpace, TrainingStopped, UserError
 from cifarbench.files import DiskFull, write_text_atomic
 from cifarbench.loggers import flatten
+from cifarbench.owner import RunDirInUse
 from cifarbench.runs import TRIAL_ENV, WHERE_AND_HOW
 from cifarbench.search.trial import trial_pruning
 from cifarbench.state import load_checkpoint
@@ -32,6 +33,8 @@ def train_job(cfg: DictConfig) -> float | None:
     in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
     main_process = distributed.world_from_env().is_main
     try:
+        if main_process:
+            owner.claim(run_dir)  # this process owns the run directory until it ends (cli.claim_named_run_dir)
         resume = None
         if in_sweep and not cfg.resume:
             finished = finished_before(run_dir, cfg)
@@ -54,7 +57,7 @@ def train_job(cfg: DictConfig) -> float | None:
         # a trial reports each epoch to its study and leaves its test to the search, which reads
         # the test set of its best trial only
         return tested_accuracy(fit(cfg, run_dir, resume, after_epoch=trial.after_epoch, read_test_set=False))
-    except SweepDirTaken as exc:  # the whole sweep points at the wrong directory: stop before anything trains
+    except (SweepDirTaken, RunDirInUse) as exc:  # the sweep points at the wrong directory, or at one in use
         print(f"cifarbench: error: {exc}", file=sys.stderr)
         sys.exit(2)
     except UserError as exc:
