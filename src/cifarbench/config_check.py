@@ -57,7 +57,7 @@ def one_of(allowed: tuple) -> tuple[Callable[[Any], bool], str]:
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "epochs": (
         lambda v: _is_number(v) and 0 < v <= MAX_EPOCHS,
-        f"a number in (0, {MAX_EPOCHS}] (7.5: seven epochs and half of an eighth)",
+        f"a number > 0 (7.5: seven epochs and half of an eighth), at most {MAX_EPOCHS}",
     ),
     "batch_size": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "eval_batch_size": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
@@ -113,13 +113,13 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
 
 
 def check_config(cfg: DictConfig) -> None:
-    check_finite(cfg)
     for key, (test, allowed) in RULES.items():
         value = OmegaConf.select(cfg, key, default="__absent__")
         if value == "__absent__":
             continue
         if not test(value):
             raise UserError(f"{key}={value!r} is not allowed: {key} must be {allowed}")
+    check_finite(cfg)  # after the rules, which say more about their own keys
     check_test_set_is_read_once(cfg)
     check_sparse_validation(cfg)
 
