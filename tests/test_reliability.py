@@ -144,8 +144,11 @@ def test_problems_found_after_loading_are_one_line_too(
             "scheduler.factor=2 is refused: ReduceLROnPlateau raises ValueError",
         ),
         (["model=kerascnn", "model.dense=-5"], "model (cifarbench.models.kerascnn.KerasCNN) cannot be built with"),
+        (["augmentation=translate", "augmentation.padding=-2"], "augmentation.padding=-2 is refused: it fails on a"),
+        (["model=kerascnn", "model.widths=[32,0,128]"], "model.widths=[32, 0, 128] is refused: it fails on a batch"),
+        (["model=kerascnn", "model.num_classes=5"], "gives (5,) outputs per image, and the data has 10 classes"),
     ],
-    ids=["step_size", "eta_min", "betas", "pct_start", "plateau_factor", "model_target"],
+    ids=["step_size", "eta_min", "betas", "pct_start", "plateau_factor", "model_target", "padding", "width", "classes"],
 )
 def test_values_torch_would_refuse_late_are_refused_before_the_first_batch(
     tmp_path: Path, run_env: dict, overrides: list[str], message: str

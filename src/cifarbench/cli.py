@@ -43,6 +43,7 @@ def train(overrides: list[str]) -> int:
     from cifarbench.train_job import train_job  # torch and friends: only once the config is known good
 
     register_resolvers()
+    logging.captureWarnings(True)  # library warnings go to the run's log (train.log), not among its errors
     sys.argv = ["cifarbench train", *overrides]
     hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")(train_job)()
     return 0

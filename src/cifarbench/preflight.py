@@ -121,11 +121,11 @@ def _culprits(cfg: DictConfig, group: str, steps_per_epoch: int) -> str:
     differs, or every key of the group."""
     node = cfg[group]
     option = closest_option(group, node)
-    changed = [k for k in _settable(node) if option is None or node.get(k) != option.get(k)]
+    changed = _changed(node, option)
     causes = []
-    for key in changed if option is not None else []:
+    for key in [k for k in changed if k in option] if option is not None else []:  # (+key: not in the option)
         trial = copy.deepcopy(cfg)
-        trial[group][key] = option.get(key)
+        trial[group][key] = option[key]
         if _try(trial, steps_per_epoch) is None:
             causes.append(key)
     if causes:
@@ -145,14 +145,68 @@ def _show(value: Any) -> str:
     return str(OmegaConf.to_container(value)) if OmegaConf.is_list(value) else str(value)
 
 
-def closest_option(group: str, node: DictConfig) -> DictConfig | None:
+def _changed(node: DictConfig, option: dict[str, Any] | None) -> list[str]:
+    """The keys of `node` whose value is not the option's (an interpolation there, e.g. ${seed}, is any value)."""
+    if option is None:
+        return _settable(node)
+    same = [k for k in _settable(node) if _is_interpolation(option.get(k)) or node.get(k) == option.get(k)]
+    return [k for k in _settable(node) if k not in same]
+
+
+def _is_interpolation(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith("${")
+
+
+def closest_option(group: str, node: DictConfig) -> dict[str, Any] | None:
     """The conf/<group>/*.yaml option `node` was composed from: same `_target_`, fewest values changed."""
-    best: tuple[int, DictConfig] | None = None
+    best: tuple[int, dict[str, Any]] | None = None
     for path in sorted((config_dir() / group).glob("*.yaml")):
-        option = OmegaConf.load(path)
-        if not isinstance(option, DictConfig) or option.get("_target_") != node.get("_target_"):
+        loaded = OmegaConf.load(path)
+        if not isinstance(loaded, DictConfig):
             continue
-        differences = sum(node.get(k) != option.get(k) for k in _settable(node))
+        option = OmegaConf.to_container(loaded, resolve=False)  # its own values, interpolations as written
+        if option.get("_target_") != node.get("_target_"):
+            continue
+        differences = len(_changed(node, option))
         if best is None or differences < best[0]:
             best = (differences, option)
     return None if best is None else best[1]
+
+
+def check_first_batch(
+    model: nn.Module, augmentation: Any, images: torch.Tensor, normalize: Any, cfg: DictConfig, classes: int
+) -> None:
+    """Two training images through the augmentation and the model (eval mode, no gradient, the random
+    generators forked so the run's draws are untouched): a value that only breaks the first batch
+    (a negative padding, a zero width) or logits of the wrong size end as one line naming the keys."""
+    device = images.device
+    forked = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=forked), torch.no_grad():
+        sample = images[:2]
+        generator = torch.Generator(device=device).manual_seed(0)
+        try:
+            augmented = augmentation(sample, generator, torch.arange(len(sample), device=device), 1)
+        except Exception as exc:
+            raise UserError(f"{_keys('augmentation', cfg)} is refused: it fails on a batch ({one_line(exc)})") from None
+        was_training = model.training
+        model.eval()
+        try:
+            logits = model(normalize(augmented))
+        except Exception as exc:
+            raise UserError(f"{_keys('model', cfg)} is refused: it fails on a batch ({one_line(exc)})") from None
+        finally:
+            model.train(was_training)
+    if logits.ndim != 2 or logits.shape[1] != classes:
+        raise UserError(
+            f"{_keys('model', cfg)} is refused: it gives {tuple(logits.shape[1:])} outputs per image, and the "
+            f"data has {classes} classes"
+        )
+
+
+def _keys(group: str, cfg: DictConfig) -> str:
+    """The keys of `group` that differ from the YAML option it came from (all of them if none do)."""
+    node = cfg[group]
+    option = closest_option(group, node)
+    changed = _changed(node, option)
+    shown = ", ".join(f"{group}.{k}={_show(node.get(k))}" for k in changed or _settable(node))
+    return shown or group

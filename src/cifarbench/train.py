@@ -42,7 +42,7 @@ from cifarbench.interrupt import StopRequest
 from cifarbench.loggers import NoLogger
 from cifarbench.models import build_model, count_parameters
 from cifarbench.optimizers import Lookahead, build_optimizer
-from cifarbench.preflight import check_optimization
+from cifarbench.preflight import check_first_batch, check_optimization
 from cifarbench.runtime import Precision, configure_backends, select_device, select_precision, versions
 from cifarbench.schedulers import Schedule, build_schedule, epoch_lengths, training_steps
 from cifarbench.state import Generators, TrainingState, weights_to_test
@@ -258,6 +258,7 @@ def build_training(
         generators.augmentation,
         runtime.world,
     )
+    check_first_batch(model, augmentation, train.images, normalize, cfg, len(CLASSES))
     check_optimization(cfg, len(batches))  # what torch would refuse only later, refused before the first batch
     optimizer = build_optimizer(cfg.optimizer, model)
     ema = None
