@@ -1,4 +1,4 @@
-"""The run's optimizer and learning-rate schedule tried on a stand-in model before the first batch.
+"""What torch would refuse late, tried before the first batch: the optimizer and schedule, and the first batch.
 
 The config check (config_check.py) knows cifarbench's own rules; the values it hands on to torch
 (betas, a StepLR's step_size, a OneCycleLR's pct_start, a cosine's eta_min ...) torch checks only
@@ -6,7 +6,8 @@ when it builds or steps the object, which can be an epoch into the run, or never
 learning rate quietly goes negative. So each job first builds both on a model of a few parameters
 and steps the schedule through every step of the run (milliseconds to a second): whatever torch
 raises becomes one line naming the keys and values it came from, and a learning rate that is ever
-negative, NaN or infinite is refused.
+negative, NaN or infinite is refused. Then two training images go through the augmentation and the
+model (check_first_batch), so that a value which only breaks a batch is refused the same way.
 """
 
 from __future__ import annotations
