@@ -167,3 +167,24 @@ def test_a_run_that_fills_a_real_filesystem_resumes_once_there_is_space(tmp_path
         assert recorded["status"] == "completed" and recorded["epochs_run"] == 3 and recorded["resumed"] is True
     finally:
         subprocess.run(["umount", str(disk)], check=False)
+
+
+def test_a_full_disk_when_writing_a_sweeps_summary_is_one_line_and_keeps_the_jobs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from omegaconf import OmegaConf
+
+    from cifarbench.sweep import SweepSummary
+
+    (recorded,) = (Path(__file__).resolve().parents[1] / "docs" / "runs" / "r004_table2").iterdir()
+    sweep = tmp_path / "sweep"
+    shutil.copytree(recorded, sweep)
+    jobs = {p: p.read_bytes() for p in sweep.rglob("metrics.json")}
+    fail_writes_to(monkeypatch, "summary.md")
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}, "sweeper": {"_target_": "BasicSweeper"}}})
+    with pytest.raises(SystemExit) as exited:
+        SweepSummary().on_multirun_end(config)
+    assert exited.value.code == 1
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "sweep summary not written: disk full: could not write" in lines[0], lines
+    assert not list(sweep.rglob("*.tmp")) and {p: p.read_bytes() for p in jobs} == jobs
