@@ -14,7 +14,7 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
-from cifarbench.errors import UserError
+from cifarbench.errors import UserError, one_line
 
 GROUPS = ("data", "model", "optimizer", "scheduler", "augmentation", "logger", "experiment", "search")
 
@@ -39,14 +39,10 @@ def building(group: str, node: Any) -> Iterator[None]:
     except UserError:
         raise
     except Exception as exc:
-        cause = exc.__cause__ if isinstance(exc, InstantiationException) and exc.__cause__ else exc
         values = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else {}
         shown = ", ".join(f"{group}.{k}={v}" for k, v in values.items() if not str(k).startswith("_"))
         target = values.get("_target_", "?")
-        text = " ".join(str(cause).split())[:200]
-        raise UserError(
-            f"{group} ({target}) cannot be built with {shown or 'its defaults'}: {type(cause).__name__}: {text}"
-        ) from None
+        raise UserError(f"{group} ({target}) cannot be built with {shown or 'its defaults'}: {one_line(exc)}") from None
 
 
 def config_dir() -> Path:

@@ -20,6 +20,14 @@ def import_extra(module: str, extra: str, chosen: str) -> ModuleType:
         ) from None
 
 
+def one_line(exc: BaseException) -> str:
+    """`Type: message` on one line, at most 200 characters; what a Hydra-built target raised, not
+    Hydra's wrapper around it."""
+    cause = exc.__cause__ or exc
+    text = " ".join(str(cause).split())[:200]
+    return f"{type(cause).__name__}: {text}" if text else type(cause).__name__
+
+
 def show(value: object) -> str:
     """A value as the user writes it in YAML or on the command line (true, not True)."""
     return str(value).lower() if isinstance(value, bool) else str(value)

@@ -36,11 +36,13 @@ def free_space(path: Path) -> str:
         free = shutil.disk_usage(folder).free
     except OSError:
         return "unknown space"
-    for unit in ("bytes", "kB", "MB", "GB"):
-        if free < 1000 or unit == "GB":
-            return f"{free:.0f} {unit}" if unit == "bytes" else f"{free:.1f} {unit}"
+    if free < 1000:
+        return f"{free} bytes"
+    for unit in ("kB", "MB", "GB"):
         free /= 1000
-    return f"{free:.1f} GB"
+        if free < 1000 or unit == "GB":
+            break
+    return f"{free:.1f} {unit}"
 
 
 def is_disk_full(exc: BaseException) -> bool:

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from cifarbench.config import config_dir
-from cifarbench.errors import UserError
+from cifarbench.errors import UserError, one_line
 from cifarbench.optimizers import build_optimizer
 from cifarbench.schedulers import build_schedule, epoch_lengths
 
@@ -108,12 +108,6 @@ def _torch_errors(group: str, cfg: DictConfig) -> Iterator[list[tuple[str, str]]
     except Exception as exc:
         target = str(cfg[group].get("_target_")).rsplit(".", 1)[-1]
         failed.append((group, f"{target} raises {one_line(exc)}"))
-
-
-def one_line(exc: BaseException) -> str:
-    cause = exc.__cause__ or exc  # Hydra wraps what the target raised in an InstantiationException
-    text = " ".join(str(cause).split())[:200]
-    return f"{type(cause).__name__}: {text}" if text else type(cause).__name__
 
 
 def _culprits(cfg: DictConfig, group: str, steps_per_epoch: int) -> str:

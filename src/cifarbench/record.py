@@ -42,10 +42,6 @@ def write(run_dir: Path, status: str, fields: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-def write_completed(run_dir: Path, fields: dict[str, Any]) -> dict[str, Any]:
-    return write(run_dir, COMPLETED, fields)
-
-
 def write_failed(run_dir: Path, error: str) -> dict[str, Any]:
     return write(run_dir, FAILED, {"error": error})
 
@@ -90,9 +86,5 @@ def read(run_dir: Path) -> dict[str, Any]:
     return record
 
 
-def status(run_dir: Path) -> str:
-    return read(run_dir)["status"]
-
-
 def is_completed(run_dir: Path) -> bool:
-    return status(run_dir) == COMPLETED
+    return read(run_dir)["status"] == COMPLETED

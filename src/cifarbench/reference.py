@@ -19,6 +19,7 @@ import yaml
 
 from cifarbench import config
 from cifarbench.files import write_text_atomic
+from cifarbench.tables import markdown_table
 
 COMMAND = "cifarbench reference --out docs/reference.md"
 KEYED_GROUPS = ("data",)  # groups whose options' keys get their own table (the others differ per option)
@@ -44,16 +45,15 @@ class Key:
 
 
 def cell(text: str) -> str:
-    """Prose for one markdown table cell: on one line, pipes escaped, `<name>` kept from being read as
-    an HTML tag, never empty."""
-    text = _TAG.sub("&lt;", " ".join(text.split()).replace("|", "\\|"))
-    return text or "-"
+    """Prose for one markdown table cell: on one line, `<name>` kept from being read as an HTML tag
+    (tables.markdown_table escapes pipes and shows an empty cell as -)."""
+    return _TAG.sub("&lt;", " ".join(text.split()))
 
 
 def code(text: str) -> str:
-    """A value or command as code in a table cell (pipes still need escaping there)."""
-    text = " ".join(text.split()).replace("|", "\\|")
-    return f"`{text}`" if text else "-"
+    """A value or command as code in a table cell."""
+    text = " ".join(text.split())
+    return f"`{text}`" if text else ""
 
 
 def header_comments(path: Path) -> list[str]:
@@ -166,19 +166,18 @@ def reported(path: Path) -> str:
 
 
 def options_table(folder: Path, names: list[str], *, with_reported: bool = False) -> list[str]:
-    head = "| option | description | command |" + (" the report's figure |" if with_reported else "")
-    rows = [head, "|---|---|---|" + ("---|" if with_reported else "")]
+    headers = ["option", "description", "command", *(["the report's figure"] if with_reported else [])]
+    rows = []
     for path in (folder / f"{name}.yaml" for name in names):
         option = describe(path)
-        row = f"| `{option.name}` | {cell(option.description)} | {code(option.command)} |"
-        rows.append(row + (f" {cell(reported(path))} |" if with_reported else ""))
-    return rows
+        row = [f"`{option.name}`", cell(option.description), code(option.command)]
+        rows.append(row + ([cell(reported(path))] if with_reported else []))
+    return markdown_table(headers, rows).splitlines()
 
 
 def keys_table(keys: list[Key]) -> list[str]:
-    rows = ["| key | default | description |", "|---|---|---|"]
-    rows += [f"| `{k.name}` | {code(k.value)} | {cell(k.comment)} |" for k in keys]
-    return rows
+    rows = [[f"`{k.name}`", code(k.value), cell(k.comment)] for k in keys]
+    return markdown_table(["key", "default", "description"], rows).splitlines()
 
 
 def group_section(group: str, default: str | None) -> list[str]:

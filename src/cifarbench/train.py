@@ -195,7 +195,7 @@ def fit(
         )
         if main:
             artifacts.write_run_files(run_dir, test, splits.test.images.cpu(), CLASSES, state.history)
-            metrics = record.write_completed(run_dir, metrics)  # last: "completed" means every file is there
+            metrics = record.write(run_dir, record.COMPLETED, metrics)  # last: "completed" means every file is there
     except DiskFull as full:  # the last.pt on disk is intact (files.write_atomic): resumable once there is space
         stopped = OutOfSpace(str(full))
         record_stop(run_dir, stopped, state.saved_epoch)

@@ -67,8 +67,7 @@ def train_job(cfg: DictConfig) -> float | None:
             if not cfg.resume and not record.is_completed(run_dir):
                 record.write_failed(run_dir, str(exc))
             return None
-        if not cfg.resume and not (run_dir / "history.csv").exists():
-            shutil.rmtree(run_dir, ignore_errors=True)  # nothing trained: leave no run-looking folder
+        discard_if_untrained(run_dir, cfg)
         if main_process:
             print(f"cifarbench: error: {exc}", file=sys.stderr)
         sys.exit(2)
@@ -96,8 +95,7 @@ def train_job(cfg: DictConfig) -> float | None:
             return None  # a diverged job is a result of the sweep; an interrupt stops the sweep
         sys.exit(stopped.exit_code)
     except DiskFull as full:  # before training (config.yaml, the data cache): nothing to record, no room to
-        if not cfg.resume and not (run_dir / "history.csv").exists():
-            shutil.rmtree(run_dir, ignore_errors=True)  # nothing trained: leave no run-looking folder
+        discard_if_untrained(run_dir, cfg)
         if main_process:
             print(f"cifarbench: error: {full}; free some space and run the command again", file=sys.stderr)
         sys.exit(1)
@@ -112,6 +110,12 @@ def train_job(cfg: DictConfig) -> float | None:
         distributed.shutdown()
         if not main_process and run_dir.name.startswith(SCRATCH_PREFIX):
             shutil.rmtree(run_dir, ignore_errors=True)  # a torchrun worker's scratch directory
+
+
+def discard_if_untrained(run_dir: Path, cfg: DictConfig) -> None:
+    """A new run that stopped before its first epoch leaves no run-looking folder behind."""
+    if not cfg.resume and not (run_dir / "history.csv").exists():
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def tested_accuracy(metrics: dict) -> float | None:
