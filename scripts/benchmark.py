@@ -2,18 +2,25 @@
 
     python scripts/benchmark.py                         # baseline, improved, resnet18 at batch 128
     python scripts/benchmark.py --models improved --steps 20 --repeats 5 --out bench.json
+    python scripts/benchmark.py --models improved fast --profile    # where a step's time goes
 
 For each model, the same model, batch size, optimizer and data are trained two ways:
 - cifarbench: the product's own loader and step (data.Batches, train.TrainingStep): uint8 images
   in memory, per-image flip+crop on the batch, normalisation in one multiply-add, channels_last,
-  `precision=auto` (what `cifarbench train` runs);
+  in the precision `precision=auto` chooses for it here (precision.choose: its probe runs first,
+  without the cache; what it chose and its timings are printed), and forced to fp32 and to bf16;
 - reference: the common way - a torchvision-style dataset of PIL images with RandomCrop,
   RandomHorizontalFlip, ToTensor and Normalize, a DataLoader with workers, fp32, NCHW.
 Images per second are measured after warm-up steps, over several repeats; the median is reported.
+A precision whose step takes long (emulated bf16 is 10-20x slower) is timed over fewer steps, about
+--seconds a repeat, so that the table still comes in minutes.
 The data path alone (augmented, normalised images per second, no model) is measured both ways too.
 For each model it also prints the floating-point work of a training step per image and the GFLOP/s
 each side reaches, as a share of this machine's peak in that side's precision (a large matrix
 product): the table then says how much is left to win, and what ratio is possible at all.
+With --profile it also runs torch.profiler over cifarbench's steps in the chosen precision and
+prints the share of the step's time in each kind of op (convolutions and matrix products, batch
+norm, activations, pooling, the optimizer, the data) and the top five ops.
 It needs the data cache (`cifarbench data import ...`, or $CIFARBENCH_DATA). Not a test: timings
 depend on the machine, which the JSON records.
 """
@@ -22,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import time
@@ -41,6 +49,7 @@ from cifarbench.config import config_dir
 from cifarbench.data import Batches, Normalize, Split, load_cifar10
 from cifarbench.data.normalize import MEAN_STD
 from cifarbench.models import build_model
+from cifarbench.precision import choose
 from cifarbench.runtime import cpu_description, select_precision
 from cifarbench.schedulers import Schedule
 from cifarbench.train import TrainingStep
@@ -167,14 +176,74 @@ def train_flops_per_image(model: torch.nn.Module) -> float:
 
 def matmul_peak_gflops(dtype: torch.dtype, repeats: int, n: int = 2048) -> float:
     """GFLOP/s of a large square matrix product in `dtype`: about the most dense math this machine
-    does. A training step cannot beat it, so a model's GFLOP/s against it says how much is left."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    does. A training step cannot beat it, so a model's GFLOP/s against it says how much is left.
+    Where the product is emulated (bf16 without bf16 units: 60 s for 2048x2048 on a 2-core EPYC) a
+    smaller one is timed, the largest that takes under a second."""
+    size = 256
+    while size < n:
+        a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+        tic = time.perf_counter()
+        torch.mm(a, b)
+        if 8 * (time.perf_counter() - tic) > 1.0:  # twice the size is eight times the work
+            break
+        size *= 2
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
 
     def product() -> int:
         torch.mm(a, b)
         return 1
 
-    return 2 * n**3 * statistics.median(images_per_second(product, 2, 5, repeats)) / 1e9
+    return 2 * size**3 * statistics.median(images_per_second(product, 1, 3, repeats)) / 1e9
+
+
+PEAK_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+# torch.profiler op names -> what they are, for the step's time shares (first match wins)
+OP_KINDS = (
+    ("convolution and matmul", ("conv", "mm", "addmm", "matmul", "linear", "bmm", "mkldnn_")),
+    ("batch norm", ("batch_norm", "native_batch_norm")),
+    ("activation", ("relu", "gelu", "silu", "threshold", "hardtanh", "elu")),
+    ("pooling", ("pool",)),
+    ("optimizer", ("_foreach", "sgd", "adam", "lerp", "addcdiv", "addcmul")),
+    ("data (augmentation, normalisation)", ("index", "gather", "flip", "where", "roll", "pad", "randint", "rand")),
+)
+
+
+def op_kind(name: str) -> str:
+    lowered = name.lower()
+    for kind, needles in OP_KINDS:
+        if any(needle in lowered for needle in needles):
+            return kind
+    return "other (copies, adds, loss, casts)"
+
+
+def profile_step(step: Callable[[], int], warmup: int, steps: int) -> dict:
+    """Self CPU time of each op over `steps` training steps: shares by kind and the top five ops."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(warmup):
+        step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    ops = [(event.key, event.self_cpu_time_total) for event in prof.key_averages() if event.self_cpu_time_total > 0]
+    total = sum(t for _, t in ops)
+    kinds: dict[str, float] = {}
+    for name, t in ops:
+        kinds[op_kind(name)] = kinds.get(op_kind(name), 0.0) + t / total
+    top = sorted(ops, key=lambda op: -op[1])[:5]
+    return {
+        "kinds": {kind: round(share, 3) for kind, share in sorted(kinds.items(), key=lambda kv: -kv[1])},
+        "top_ops": [{"op": name, "share": round(t / total, 3)} for name, t in top],
+        "steps": steps,
+    }
+
+
+def print_profile(name: str, precision: str, profile: dict) -> None:
+    print(f"\n{name} ({precision}), torch.profiler over {profile['steps']} steps, self CPU time:")
+    for kind, share in profile["kinds"].items():
+        print(f"  {share:6.1%}  {kind}")
+    print("  top ops: " + ", ".join(f"{op['op']} {op['share']:.1%}" for op in profile["top_ops"]))
 
 
 def model_for(name: str, channels_last: bool) -> torch.nn.Module:
@@ -196,6 +265,8 @@ def main() -> None:
     parser.add_argument("--data-root", default=os.environ.get("CIFARBENCH_DATA", "data"))
     parser.add_argument("--out", type=Path, default=Path("benchmark.json"))
     parser.add_argument("--compile", action="store_true", help="also measure cifarbench with compile=true")
+    parser.add_argument("--seconds", type=float, default=10.0, help="a slow step is timed over about this long")
+    parser.add_argument("--profile", action="store_true", help="also profile cifarbench's step (torch.profiler)")
     args = parser.parse_args()
     if args.images < max(args.batch_size, args.data_batch_size):
         # only whole batches are timed: fewer images than a batch would never yield one
@@ -209,22 +280,25 @@ def main() -> None:
     labels = train.labels[: args.images].clone()
     images_hwc = images.permute(0, 2, 3, 1).contiguous().numpy()
     device = torch.device("cpu")
-    ours_precision = select_precision("auto", device)
-    fp32 = select_precision("fp32", device)
+    steps_per_epoch = 45_000 // args.batch_size  # a full training set, as the probe's budget sees it
     results: dict = {
-        "machine": {
-            "cpu": cpu_description(),
-            "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "cifarbench_precision": ours_precision.name,
-        },
+        "machine": {"cpu": cpu_description(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__},
         "batch_size": args.batch_size,
         "models": {},
     }
-    print(f"{cpu_description()}; torch {torch.__version__}; cifarbench precision={ours_precision.name}")
+    print(f"{cpu_description()}; torch {torch.__version__}; {torch.get_num_threads()} threads")
 
     def median(rates: list[float]) -> float:
         return round(statistics.median(rates), 1)
+
+    def rates_of(step: Callable[[], int]) -> list[float]:
+        """images/s over `--repeats`; a slow step (emulated bf16) over fewer steps, about --seconds each."""
+        tic = time.perf_counter()
+        for _ in range(args.warmup):
+            step()
+        seconds_per_step = (time.perf_counter() - tic) / max(args.warmup, 1)
+        steps = max(2, min(args.steps, math.ceil(args.seconds / max(seconds_per_step, 1e-9))))
+        return images_per_second(step, 0, steps, args.repeats)
 
     # The data path alone: augmented, normalised batches per second.
     ours = cifarbench_batches(images, labels, args.data_batch_size)
@@ -237,69 +311,82 @@ def main() -> None:
         "ratio": round(median(data_ours) / median(data_ref), 2),
     }
 
+    fp32 = select_precision("fp32", device)
     for name in args.models:
-        ours_step = cifarbench_step(
-            model_for(name, True), cifarbench_batches(images, labels, args.batch_size), ours_precision
-        )
-        ours_rates = images_per_second(ours_step, args.warmup, args.steps, args.repeats)
-        compiled_rates = None
+        inputs, targets = next(cifarbench_batches(images, labels, args.batch_size))
+        choice = choose("auto", device, model_for(name, True), inputs, targets, steps_per_epoch, None)
+        print(f"{name}: precision=auto chose {choice.describe()}")
+        rates = {}
+        for column, precision in (("cifarbench", choice.name), ("fp32", "fp32"), ("bf16", "bf16")):
+            batches = cifarbench_batches(images, labels, args.batch_size)
+            step = cifarbench_step(model_for(name, True), batches, select_precision(precision, device))
+            rates[column] = rates_of(step)
         if args.compile:
             compiled = torch.compile(model_for(name, True))
-            compiled_step = cifarbench_step(
-                compiled, cifarbench_batches(images, labels, args.batch_size), ours_precision
-            )
-            compiled_rates = images_per_second(compiled_step, args.warmup, args.steps, args.repeats)
+            batches = cifarbench_batches(images, labels, args.batch_size)
+            rates["compile"] = rates_of(cifarbench_step(compiled, batches, select_precision(choice.name, device)))
         loader = reference_loader(images_hwc, labels.numpy(), args.batch_size, args.workers)
-        ref_step = reference_step(model_for(name, False), forever(loader), fp32, channels_last=False)
-        ref_rates = images_per_second(ref_step, args.warmup, args.steps, args.repeats)
-        gflop = train_flops_per_image(model_for(name, True)) / 1e9
-        results["models"][name] = {
-            "cifarbench": median(ours_rates),
-            "reference": median(ref_rates),
-            "ratio": round(median(ours_rates) / median(ref_rates), 2),
-            "train_gflop_per_image": round(gflop, 4),
-            "cifarbench_gflops": round(gflop * median(ours_rates), 1),
-            "reference_gflops": round(gflop * median(ref_rates), 1),
-            "cifarbench_runs": [round(r, 1) for r in ours_rates],
-            "reference_runs": [round(r, 1) for r in ref_rates],
-        }
-        if compiled_rates:
-            results["models"][name]["cifarbench_compile"] = median(compiled_rates)
+        common_way = reference_step(model_for(name, False), forever(loader), fp32, channels_last=False)
+        rates["reference"] = rates_of(common_way)
         del loader
+        gflop = train_flops_per_image(model_for(name, True)) / 1e9
+        forced_best = max(median(rates["fp32"]), median(rates["bf16"]))
+        results["models"][name] = {
+            "precision": choice.name,
+            "precision_choice": choice.record(),
+            "cifarbench": median(rates["cifarbench"]),
+            "fp32": median(rates["fp32"]),
+            "bf16": median(rates["bf16"]),
+            "auto_vs_faster_forced": round(median(rates["cifarbench"]) / forced_best, 3),
+            "reference": median(rates["reference"]),
+            "ratio": round(median(rates["cifarbench"]) / median(rates["reference"]), 2),
+            "train_gflop_per_image": round(gflop, 4),
+            "cifarbench_gflops": round(gflop * median(rates["cifarbench"]), 1),
+            "reference_gflops": round(gflop * median(rates["reference"]), 1),
+            "runs": {column: [round(r, 1) for r in values] for column, values in rates.items()},
+        }
+        if args.compile:
+            results["models"][name]["cifarbench_compile"] = median(rates["compile"])
+        if args.profile:
+            batches = cifarbench_batches(images, labels, args.batch_size)
+            step = cifarbench_step(model_for(name, True), batches, select_precision(choice.name, device))
+            results["models"][name]["profile"] = profile_step(step, args.warmup, args.steps)
 
-    peaks = {
-        name: matmul_peak_gflops(dtype, args.repeats)
-        for name, dtype in (("cifarbench", ours_precision.dtype or torch.float32), ("reference", torch.float32))
-    }
+    peaks = {name: matmul_peak_gflops(dtype, args.repeats) for name, dtype in PEAK_DTYPES.items()}
     results["matmul_peak_gflops"] = {name: round(peak, 1) for name, peak in peaks.items()}
     for row in results["models"].values():
-        # a cifarbench step at 100% of its peak against the reference as measured: no ratio beats it
-        row["ratio_bound"] = round(peaks["cifarbench"] / row["reference_gflops"], 2)
+        row["cifarbench_peak_share"] = round(row["cifarbench_gflops"] / peaks[row["precision"]], 3)
+        # a cifarbench step at 100% of its precision's peak against the reference as measured: no ratio beats it
+        row["ratio_bound"] = round(peaks[row["precision"]] / row["reference_gflops"], 2)
 
-    print(f"\ntraining step, batch {args.batch_size}: images/s (median of {args.repeats} x {args.steps} steps)")
+    print(f"\ntraining step, batch {args.batch_size}: images/s (median of {args.repeats} repeats)")
     print(
-        f"{'model':<12} {'cifarbench':>11} {'reference':>10} {'ratio':>6}  {'compile=true':>12}  "
-        f"{'GFLOP/img':>9}  {'GFLOP/s (of peak): cifarbench':>29}  {'reference':>14}  {'max ratio':>9}"
+        f"{'model':<10} {'auto':>5} {'cifarbench':>10} {'fp32':>8} {'bf16':>8} {'auto/best':>9} {'reference':>9} "
+        f"{'ratio':>6} {'compile':>8} {'GFLOP/img':>9}  {'GFLOP/s (of peak): cifarbench':>29} {'reference':>14} "
+        f"{'max ratio':>9}"
     )
     for name, row in results["models"].items():
-        compiled = f"{row['cifarbench_compile']:>12.1f}" if "cifarbench_compile" in row else f"{'-':>12}"
-        ours_use = f"{row['cifarbench_gflops']:.1f} ({row['cifarbench_gflops'] / peaks['cifarbench']:.0%})"
-        ref_use = f"{row['reference_gflops']:.1f} ({row['reference_gflops'] / peaks['reference']:.0%})"
+        compiled = f"{row['cifarbench_compile']:>8.1f}" if "cifarbench_compile" in row else f"{'-':>8}"
+        ours_use = f"{row['cifarbench_gflops']:.1f} ({row['cifarbench_peak_share']:.0%})"
+        ref_use = f"{row['reference_gflops']:.1f} ({row['reference_gflops'] / peaks['fp32']:.0%})"
         print(
-            f"{name:<12} {row['cifarbench']:>11.1f} {row['reference']:>10.1f} {row['ratio']:>5.2f}x  {compiled}  "
-            f"{row['train_gflop_per_image']:>9.3f}  {ours_use:>29}  {ref_use:>14}  "
-            f"{row['ratio_bound']:>8.2f}x"
+            f"{name:<10} {row['precision']:>5} {row['cifarbench']:>10.1f} {row['fp32']:>8.1f} {row['bf16']:>8.1f} "
+            f"{row['auto_vs_faster_forced']:>9.3f} {row['reference']:>9.1f} {row['ratio']:>5.2f}x {compiled} "
+            f"{row['train_gflop_per_image']:>9.3f}  {ours_use:>29} {ref_use:>14} {row['ratio_bound']:>8.2f}x"
         )
     data = results["data_path"]
     print(
-        f"{'data path':<12} {data['cifarbench']:>11.1f} {data['reference']:>10.1f} {data['ratio']:>5.2f}x"
-        "   (augmented + normalised images/s, no model)"
+        f"{'data path':<10} {'':>5} {data['cifarbench']:>10.1f} {'':>8} {'':>8} {'':>9} {data['reference']:>9.1f} "
+        f"{data['ratio']:>5.2f}x   (augmented + normalised images/s, no model)"
     )
     print(
-        f"peak (a 2048x2048 matrix product): {peaks['cifarbench']:.1f} GFLOP/s in {ours_precision.name}, "
-        f"{peaks['reference']:.1f} in fp32; max ratio = the cifarbench peak / the reference's GFLOP/s, what a "
-        "step at 100% of the peak would reach"
+        f"peak (a 2048x2048 matrix product): {peaks['fp32']:.1f} GFLOP/s in fp32, {peaks['bf16']:.1f} in bf16; "
+        "auto/best = cifarbench's auto against the faster forced precision; max ratio = the chosen precision's "
+        "peak / the reference's GFLOP/s, what a step at 100% of that peak would reach"
     )
+    for name, row in results["models"].items():
+        if "profile" in row:
+            print_profile(name, row["precision"], row["profile"])
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nwrote {args.out}")
 

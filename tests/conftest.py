@@ -35,6 +35,15 @@ def cli(*args: str, cwd: Path, env: dict | None = None, check: bool = True) -> s
     return result
 
 
+@pytest.fixture(scope="session", autouse=True)
+def precision_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Runs started by the tests keep their precision timings (precision.cache_dir) out of the
+    user's ~/.cache: one cache for the session's runs, in its temporary folder."""
+    folder = tmp_path_factory.mktemp("precision-cache")
+    os.environ["CIFARBENCH_CACHE_DIR"] = str(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def shared_archive() -> Path:
     if not SHARED_ARCHIVE.is_file():

@@ -40,7 +40,8 @@ OPTIONS = {
 }
 TOP_LEVEL = [
     "epochs", "label_smoothing", "grad_clip", "ema_decay", "lookahead_every", "lookahead_decay", "mixup_alpha",
-    "cutmix_alpha", "validate_every", "tta", "test_weights", "monitor", "precision", "seed", "device",
+    "cutmix_alpha", "validate_every", "tta", "test_weights", "monitor", "precision", "precision_cache", "seed",
+    "device",
     "early_stopping.enabled", "early_stopping.patience", "early_stopping.min_delta", "channels_last",
     "deterministic", "data.normalization",
 ]  # fmt: skip

@@ -10,6 +10,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from cifarbench import distributed
 from cifarbench.models.fast import FastNet, GlobalMaxPool
 from cifarbench.models.torchvision_zoo import torchvision_model
+from cifarbench.precision import choose
 from cifarbench.runtime import configure_backends, select_precision
 from cifarbench.state import device_rng_state, set_device_rng_state
 
@@ -26,7 +27,7 @@ def test_auto_precision_uses_fp16_with_a_scaler_where_bf16_is_only_emulated(
 ) -> None:
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)  # as on a T4
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
-    precision = select_precision("auto", CUDA)
+    precision = select_precision(choose("auto", CUDA, None, None, None, 0, None).name, CUDA)
     assert precision.name == expected
     assert precision.needs_grad_scaler == (expected == "fp16")
 

@@ -68,6 +68,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     ),
     "device": one_of(DEVICES),
     "precision": one_of(PRECISIONS),
+    "precision_cache": (lambda v: isinstance(v, bool), "true or false"),
     "test_weights": one_of(TEST_WEIGHTS),
     "compile": (lambda v: isinstance(v, bool), "true or false"),
     "channels_last": (lambda v: isinstance(v, bool), "true or false"),

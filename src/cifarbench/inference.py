@@ -21,7 +21,8 @@ from cifarbench.errors import UserError
 from cifarbench.evaluation import evaluate
 from cifarbench.files import write_csv
 from cifarbench.models import build_model
-from cifarbench.runtime import Precision, select_device, select_precision
+from cifarbench.precision import recorded_precision
+from cifarbench.runtime import Precision, select_device
 from cifarbench.state import load_checkpoint, weights_to_test
 
 
@@ -32,6 +33,7 @@ class LoadedRun:
     checkpoint: Path
     which: str  # best | last
     history: list[dict]
+    precision: Precision  # the one the run trained and tested in (precision.recorded_precision)
 
 
 def load_trained(run_dir: Path, which: str = "auto", device: torch.device | None = None) -> LoadedRun:
@@ -58,7 +60,8 @@ def load_trained(run_dir: Path, which: str = "auto", device: torch.device | None
     model = model.to(device).eval()
     if config.get("channels_last"):
         model = model.to(memory_format=torch.channels_last)
-    return LoadedRun(model, config, path, which, checkpoint["history"])
+    precision = recorded_precision(checkpoint, device, record.read(run_dir).get("precision"))
+    return LoadedRun(model, config, path, which, checkpoint["history"], precision)
 
 
 def evaluate_run(run_dir: Path, which: str = "auto") -> dict:
@@ -85,7 +88,7 @@ def final_test_setting(loaded: LoadedRun) -> tuple[DictConfig, Split, Normalize,
         cfg,
         splits_for(cfg, device).test,
         Normalize(cfg.data.normalization, device, cfg.channels_last),
-        select_precision(cfg.precision, device),
+        loaded.precision,
     )
 
 
@@ -108,7 +111,9 @@ def predict(run_dir: Path, images: list[Path], output: Path, which: str = "auto"
     cfg = loaded.config
     normalize = Normalize(cfg["data"]["normalization"], device, cfg.get("channels_last", True))
     batch = torch.stack([read_image(path) for path in images]).to(device)
-    probabilities = loaded.model(normalize(batch)).float().softmax(1).cpu()
+    with loaded.precision.autocast():  # as the run trained and tested: its recorded precision
+        logits = loaded.model(normalize(batch))
+    probabilities = logits.float().softmax(1).cpu()
     results = []
     for path, probs in zip(images, probabilities, strict=True):
         values, indices = probs.topk(top)

@@ -30,9 +30,9 @@ def select_device(name: str) -> torch.device:
 
 
 def cpu_bf16_units() -> str | None:
-    """The CPU's hardware for bf16 math as torch detects it: "AMX", "AVX512-BF16", or None. Only with
-    one of them is bf16 autocast faster than fp32 on the CPU; without, it is slower (measured in
-    docs/performance.md, "bf16 against fp32 on one convolution")."""
+    """The CPU's hardware for bf16 math as torch detects it: "AMX", "AVX512-BF16", or None. Without
+    one of them bf16 is emulated and slower than fp32; with one it may still be slower (issue 32),
+    so it names the CPU in records and keys the precision cache, and precision.choose times."""
     cpu = getattr(torch, "cpu", None)
     for unit, check in (("AMX", "_is_amx_tile_supported"), ("AVX512-BF16", "_is_avx512_bf16_supported")):
         if getattr(cpu, check, lambda: False)():
@@ -64,14 +64,8 @@ class Precision:
 
 
 def select_precision(name: str, device: torch.device) -> Precision:
-    check_choice("precision", name, PRECISIONS)
-    if name == "auto":
-        if device.type == "cuda":
-            name = "bf16" if cuda_has_native_bf16(device) else "fp16"
-        elif device.type == "cpu":
-            name = "bf16" if cpu_bf16_units() else "fp32"
-        else:
-            name = "fp32"
+    """A named precision on `device` (`auto` is decided by precision.choose, which ends here)."""
+    check_choice("precision", name, tuple(p for p in PRECISIONS if p != "auto"))
     if name == "fp16" and device.type == "cpu":
         raise UserError("precision=fp16 is for GPUs; on the CPU use precision=bf16 or fp32")
     return Precision(name, device.type)
@@ -107,7 +101,7 @@ def cpu_name() -> str:
 
 
 def cpu_description() -> str:
-    """Model name, core count and the bf16 support that decides `precision=auto` on the CPU."""
+    """Model name, core count and the bf16 units torch sees (which alone do not decide precision)."""
     return f"{cpu_name()}, {os.cpu_count()} cores, {cpu_bf16_units() or 'no bf16 units'}"
 
 

@@ -178,6 +178,7 @@ class TrainingState:
     tracker: BestTracker
     generators: Generators
     config: dict[str, Any]
+    precision: dict[str, Any] | None = None  # precision.Choice.record(): what the run trains in, and why
     ema: AveragedModel | None = None
     lookahead: Lookahead | None = None
     history: list[dict] = field(default_factory=list)
@@ -224,6 +225,7 @@ class TrainingState:
             "format": FORMAT,
             "epoch": self.epoch,
             "config": self.config,
+            "precision": self.precision,
             "history": list(self.history),
             **self.weights(),
             "lookahead": self.lookahead.state_dict() if self.lookahead is not None else None,

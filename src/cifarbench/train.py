@@ -1,6 +1,6 @@
 """The training loop: one loop for every model, read top to bottom.
 
-    fit: set_up_runtime -> load_splits -> build_network -> build_training -> [restore]
+    fit: set_up_process -> load_splits -> build_network -> decide_precision -> build_training -> [restore]
          -> run_epochs (train_one_epoch, evaluate_validation; checkpoint) -> final_test -> files, record
 
 `fit` is the whole run; `train_one_epoch` and the validation pass are the two halves of an epoch.
@@ -42,6 +42,7 @@ from cifarbench.interrupt import StopRequest
 from cifarbench.loggers import NoLogger
 from cifarbench.models import build_model, count_parameters
 from cifarbench.optimizers import Lookahead, build_optimizer
+from cifarbench.precision import NAMES, Choice, choose, key_fields, resumed_choice
 from cifarbench.preflight import check_first_batch, check_optimization
 from cifarbench.runtime import Precision, configure_backends, select_device, select_precision, versions
 from cifarbench.schedulers import Schedule, build_schedule, epoch_lengths, training_steps
@@ -62,7 +63,11 @@ class Runtime:
 
     world: World
     device: torch.device
-    precision: Precision
+    precision_choice: Choice
+
+    @property
+    def precision(self) -> Precision:
+        return select_precision(self.precision_choice.name, self.device)
 
 
 @dataclass
@@ -166,10 +171,11 @@ def fit(
     decides later whether its test set is read (a search reads only its best trial's).
     """
     started = datetime.now()
-    runtime = set_up_runtime(cfg)
-    splits = load_splits(cfg, runtime.device)
-    normalize = Normalize(cfg.data.normalization, runtime.device, cfg.channels_last)
-    model, forward = build_network(cfg, splits.train, normalize, runtime)
+    world, device = set_up_process(cfg)
+    splits = load_splits(cfg, device)
+    normalize = Normalize(cfg.data.normalization, device, cfg.channels_last)
+    model, forward = build_network(cfg, splits.train, normalize, device, world)
+    runtime = Runtime(world, device, decide_precision(cfg, model, splits.train, normalize, device, world, resume))
     state, step, batches = build_training(cfg, model, forward, splits.train, normalize, runtime)
     if resume is not None:
         restore(state, resume, run_dir)
@@ -205,8 +211,8 @@ def fit(
     return metrics
 
 
-def set_up_runtime(cfg: DictConfig) -> Runtime:
-    """Seed, determinism, process group, device, precision and the device's backend flags."""
+def set_up_process(cfg: DictConfig) -> tuple[World, torch.device]:
+    """Seed, determinism, process group, device and the device's backend flags."""
     torch.manual_seed(cfg.seed)  # model initialisation, and the global draws of dropout and mixup
     if cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to be deterministic
@@ -214,12 +220,46 @@ def set_up_runtime(cfg: DictConfig) -> Runtime:
     world, rank_device = distributed.init(cfg.device)  # one process unless launched by torchrun
     device = rank_device or select_device(cfg.device)
     configure_backends(device, cfg.deterministic)
-    precision = select_precision(cfg.precision, device)
     if not world.is_main:
         log.setLevel(logging.WARNING)  # one voice: rank 0 logs and writes the run directory
     distributed.local_batch_size(cfg.batch_size, world)  # refuses a global batch that does not divide
-    log.info("device %s x %d, precision %s", device, world.size, precision.name)
-    return Runtime(world, device, precision)
+    log.info("device %s x %d", device, world.size)
+    return world, device
+
+
+def decide_precision(
+    cfg: DictConfig,
+    model: nn.Module,
+    train: Split,
+    normalize: Normalize,
+    device: torch.device,
+    world: World,
+    resume: dict | None,
+) -> Choice:
+    """The run's precision, decided once: a resumed run keeps its checkpoint's; a new one asks
+    precision.choose (on the CPU with `auto`: a timing of this model on one of its batches, on rank
+    0 alone while the others wait, then told to every rank)."""
+    if resume is not None:
+        choice = resumed_choice(resume, device)
+    else:
+        choice = Choice("fp32", "rank 0's")
+        if world.is_main:
+            batch = distributed.local_batch_size(cfg.batch_size, world)
+            sample = torch.arange(min(batch, len(train)), device=device)
+            inputs, labels = normalize(train.images[sample]), train.labels[sample]
+            key = None
+            if cfg.precision_cache:
+                model_config = OmegaConf.to_container(cfg.model, resolve=True)
+                key = key_fields(model_config, batch, tuple(inputs.shape[1:]), cfg.channels_last)
+            steps_per_epoch = len(train) // cfg.batch_size
+            choice = choose(cfg.precision, device, model, inputs, labels, steps_per_epoch, key)
+            choice = Choice(choice.name, choice.how, {"device": device.type, **choice.detail})
+        if world.enabled:
+            names = list(NAMES)
+            index = distributed.main_rank_numbers([names.index(choice.name)], device, world)[0]
+            choice = choice if world.is_main else Choice(names[int(index)], "rank 0's")
+    log.info("precision %s", choice.describe())
+    return choice
 
 
 def load_splits(cfg: DictConfig, device: torch.device) -> DataSplits:
@@ -229,14 +269,16 @@ def load_splits(cfg: DictConfig, device: torch.device) -> DataSplits:
     return splits
 
 
-def build_network(cfg: DictConfig, train: Split, normalize: Normalize, runtime: Runtime) -> tuple[nn.Module, nn.Module]:
+def build_network(
+    cfg: DictConfig, train: Split, normalize: Normalize, device: torch.device, world: World
+) -> tuple[nn.Module, nn.Module]:
     """(model, forward): see place_model."""
     with building("model", cfg.model):
         model = build_model(cfg.model)
     if hasattr(model, "init_from_data"):  # data-dependent initialisation, e.g. `fast`'s whitening filters
         sample = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed))[:5000]
-        model.init_from_data(normalize(train.images[sample.to(runtime.device)]))
-    model, forward = place_model(model, cfg, runtime.device, runtime.world)
+        model.init_from_data(normalize(train.images[sample.to(device)]))
+    model, forward = place_model(model, cfg, device, world)
     total, trainable = count_parameters(model)
     log.info("model: %s, %.2fM parameters (%.2fM trainable)", type(model).__name__, total / 1e6, trainable / 1e6)
     return model, forward
@@ -276,6 +318,7 @@ def build_training(
         tracker=BestTracker(cfg.monitor, cfg.early_stopping.min_delta, patience),
         generators=generators,
         config=OmegaConf.to_container(cfg, resolve=True),
+        precision=runtime.precision_choice.record(),
         ema=ema,
         lookahead=lookahead,
     )
@@ -432,6 +475,7 @@ def run_facts(cfg: DictConfig, state: TrainingState, splits: DataSplits, runtime
         "params": {"total": total, "trainable": trainable},
         "device": str(runtime.device),
         "precision": runtime.precision.name,
+        "precision_choice": runtime.precision_choice.record(),
         "channels_last": bool(cfg.channels_last),
         "deterministic": bool(cfg.deterministic),
         "processes": runtime.world.size,

@@ -1,0 +1,375 @@
+"""`precision=auto`: which precision a run trains in, decided once per run and recorded.
+
+On the CPU the choice between fp32 and bf16 is timed, not read off the CPU's flags: bf16 units that
+torch reports can still be slower than fp32 (a Xeon with AVX512-BF16 ran `improved` 15-30% slower
+in bf16, issue 32), and without such units bf16 is emulated and 10-20x slower. The probe (`probe`)
+times forward and backward in each precision, interleaved, median of 3 after a warm-up, first on the
+model's heaviest layer and a few images; where that race is close it is run again on the whole model
+at the run's batch, within a budget of 5% of one epoch. bf16 is taken only when it is more than 5%
+faster. A decision is cached per CPU, torch, model and batch in the user's cache folder
+(`cache_dir`), so the next run of that kind pays nothing; `precision_cache=false` measures anew.
+An epoch under 20 steps is too short to pay for a probe: fp32.
+
+On CUDA the GPU's compute capability decides (bf16 from Ampere on, fp16 with a grad scaler before).
+`precision=fp32|bf16|fp16` forces. Whatever decided, the decision is the run's: it goes into every
+checkpoint and the run record, and resume, evaluate, predict and a search's best-trial test use it
+(`recorded_precision`), never a new probe, so that numbers repeat.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from statistics import median
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cifarbench.errors import UserError, one_line
+from cifarbench.files import write_json
+from cifarbench.runtime import Precision, cpu_bf16_units, cpu_name, cuda_has_native_bf16, select_precision
+
+log = logging.getLogger("cifarbench")
+
+BF16_MARGIN = 1.05  # bf16 must take under 1/1.05 of fp32's time; within 5%, fp32 (exact, the reference)
+BUDGET = 0.05  # the probe's share of one epoch at most (an epoch estimated from the probe's own timings)
+ROUNDS = 3  # timed steps per precision after one warm-up each; the median decides
+MIN_STEPS = 20  # an epoch of fewer steps cannot hide even the first, cheapest timing
+FEW_IMAGES = 16  # the first timing: the heaviest layer on this many images
+DECISIVE_GAP = 2.0  # a precision this many times slower on the first timing is out
+CACHE_FORMAT = 1
+NAMES = ("fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The run's precision and how it was decided: what the run record (record.py) and every checkpoint hold."""
+
+    name: str  # fp32 | bf16 | fp16
+    how: str  # forced, gpu, measured, cached, too short, probe failed; recorded (resumed), rank 0's (DDP)
+    detail: dict[str, Any] = field(default_factory=dict)  # the probe's timings, the cache entry, a reason
+
+    def record(self) -> dict[str, Any]:
+        return {"name": self.name, "how": self.how, **self.detail}
+
+    def describe(self) -> str:
+        """One log line: 'bf16 (measured on the model: fp32 412 ms, bf16 301 ms a step)'."""
+        times = self.detail.get("median_ms")
+        timed = f": fp32 {times['fp32']:.0f} ms, bf16 {times['bf16']:.0f} ms a step" if times else ""
+        unit = f" on {self.detail['unit']}" if "unit" in self.detail else ""
+        reason = f"; {self.detail['reason']}" if "reason" in self.detail else ""
+        return f"{self.name} ({self.how}{unit}{timed}{reason})"
+
+
+def choose(
+    asked: str,
+    device: torch.device,
+    model: nn.Module | None,
+    inputs: torch.Tensor | None,
+    labels: torch.Tensor | None,
+    steps_per_epoch: int,
+    cache_key: dict[str, Any] | None,
+) -> Choice:
+    """The precision a new run trains in. `inputs`/`labels` are one training batch as the step sees
+    it (normalised, in the run's memory format) and `steps_per_epoch` bounds the probe; `cache_key`
+    names what decides the choice (see `key_fields`), None to measure without the cache."""
+    if asked != "auto":
+        return Choice(select_precision(asked, device).name, "forced")
+    if device.type == "cuda":
+        name = "bf16" if cuda_has_native_bf16(device) else "fp16"
+        return Choice(name, "gpu", {"reason": "bf16 units from compute capability 8.0 on, else fp16"})
+    if device.type != "cpu":
+        return Choice("fp32", "forced", {"reason": f"autocast on {device.type} is not probed"})
+    if model is None or steps_per_epoch < MIN_STEPS:
+        reason = f"an epoch of {steps_per_epoch} steps is too short to pay for a probe (needs {MIN_STEPS})"
+        return Choice("fp32", "too short", {"reason": reason})
+    with cached(cache_key) as entry:
+        if entry.get("choice"):
+            measured = {k: v for k, v in entry["choice"].items() if k != "name"}
+            return Choice(entry["choice"]["name"], "cached", {**measured, "cache": str(cache_file())})
+        try:
+            choice = probe(model, inputs, labels, steps_per_epoch)
+        except Exception as exc:  # a model that fails on a batch is refused next, by preflight, in one line
+            return Choice("fp32", "probe failed", {"reason": one_line(exc)})
+        if choice.how == "measured":  # a probe cut short says nothing worth keeping
+            entry["choice"] = {"name": choice.name, **choice.detail}
+        return choice
+
+
+def resumed_choice(checkpoint: dict[str, Any], device: torch.device) -> Choice:
+    """A resumed run's precision: the one its checkpoint records, with how it was first decided."""
+    recorded = dict(checkpoint.get("precision") or {})
+    if recorded.get("device", device.type) != device.type and recorded.get("how") not in (None, "forced"):
+        # resumed on another kind of device (a CPU run continued on a GPU): what `auto` means there
+        log.warning("resumed on %s, not where the run started; its precision is decided anew", device.type)
+        return choose(checkpoint["config"].get("precision", "auto"), device, None, None, None, 0, None)
+    name = recorded_precision(checkpoint, device).name
+    first = recorded.pop("how", "auto, before precision was recorded (decided by the CPU's flags)")
+    recorded.pop("name", None)
+    return Choice(name, "recorded", {**recorded, "decided": first})
+
+
+def recorded_precision(checkpoint: dict[str, Any], device: torch.device, recorded_name: str | None = None) -> Precision:
+    """The precision a trained run ran in, for resuming, re-evaluating or predicting with it: its
+    checkpoint's record (`recorded_name`, the run record's, for checkpoints from before the
+    record existed); with neither, what `precision=auto` meant then (bf16 on CPUs with bf16 units)."""
+    name = (checkpoint.get("precision") or {}).get("name") or recorded_name
+    if name is None:
+        asked = checkpoint["config"].get("precision", "auto")
+        name = asked if asked != "auto" else legacy_auto(device)
+    if name == "fp16" and device.type == "cpu":  # a GPU run read on a CPU: fp16 autocast is GPU-only
+        name = "fp32"
+    return select_precision(name, device)
+
+
+def legacy_auto(device: torch.device) -> str:
+    """`precision=auto` before issue 32 (flags, not timings): for runs recorded without a choice."""
+    if device.type == "cuda":
+        return "bf16" if cuda_has_native_bf16(device) else "fp16"
+    return "bf16" if device.type == "cpu" and cpu_bf16_units() else "fp32"
+
+
+# --- the probe
+
+
+def probe(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, steps_per_epoch: int) -> Choice:
+    """Times a copy of `model` (its batch-norm statistics and the run's random streams untouched),
+    cheapest unit first: its heaviest layer on a few images. A gap of more than 2x there decides
+    (emulated bf16 runs 10-20x slower than fp32; no batch size closes that); a closer race is run
+    again on the model itself at the run's batch, or on the layer at that batch, whichever the
+    budget (5% of an epoch, estimated from the first timing) allows."""
+    started = time.perf_counter()
+    model = copy.deepcopy(model).train()
+    batch = len(inputs)
+    with torch.random.fork_rng(devices=[]):
+        layer = heaviest_layer(model, inputs[:2], batch)
+        share = layer.flops / max(layer.model_flops, 1.0)
+        few = min(FEW_IMAGES, batch)
+        what = f"its heaviest layer ({layer.name}, {share:.0%} of the model's FLOPs)"
+        unit, times = f"{what} on {few} images", timed(layer_timer(layer, few))
+        ratio = median(times["bf16"]) / median(times["fp32"])
+        if 1 / DECISIVE_GAP <= ratio <= DECISIVE_GAP:
+            model_step = median(times["fp32"]) * batch / few / share  # the estimated fp32 step of the model
+            budget = BUDGET * steps_per_epoch * model_step
+            for candidate, cost, timer in (
+                ("the model", model_step, lambda: model_timer(model, inputs, labels)),
+                (f"{what} on {batch} images", model_step * share, lambda: layer_timer(layer, batch)),
+            ):
+                spent = time.perf_counter() - started
+                if spent + (ROUNDS + 1) * cost * (1 + ratio) <= budget:
+                    unit, times = candidate, timed(timer())
+                    break
+    return decide(times, unit, time.perf_counter() - started)
+
+
+def timed(step: Callable[[str], float]) -> dict[str, list[float]]:
+    """One warm-up step in each precision (oneDNN builds its kernels on first use), then ROUNDS
+    timed ones each, interleaved and alternating in order so that drift hits both alike."""
+    for name in ("fp32", "bf16"):
+        step(name)
+    times: dict[str, list[float]] = {"fp32": [], "bf16": []}
+    for i in range(ROUNDS):
+        for name in ("fp32", "bf16") if i % 2 == 0 else ("bf16", "fp32"):
+            times[name].append(step(name))
+    return times
+
+
+def decide(times: dict[str, list[float]], unit: str, seconds: float) -> Choice:
+    """bf16 when its median step is more than 5% faster than fp32's; else fp32."""
+    medians = {name: median(values) for name, values in times.items()}
+    name = "bf16" if medians["bf16"] * BF16_MARGIN < medians["fp32"] else "fp32"
+    return Choice(
+        name,
+        "measured",
+        {
+            "unit": unit,
+            "median_ms": {k: round(1000 * v, 2) for k, v in medians.items()},
+            "times_ms": {k: [round(1000 * t, 2) for t in v] for k, v in times.items()},
+            "probe_seconds": round(seconds, 3),
+        },
+    )
+
+
+def model_timer(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> Callable[[str], float]:
+    """Seconds of one forward and backward of the model on the batch, in a given precision."""
+
+    def step(name: str) -> float:
+        precision = select_precision(name, inputs.device)
+        tic = time.perf_counter()
+        with precision.autocast():
+            logits = model(inputs)
+        F.cross_entropy(logits.float(), labels).backward()
+        model.zero_grad(set_to_none=True)
+        return time.perf_counter() - tic
+
+    return step
+
+
+@dataclass
+class Layer:
+    name: str
+    module: nn.Module
+    input_shape: tuple[int, ...]
+    memory_format: torch.memory_format
+    flops: float  # of its forward on the probe's batch
+    model_flops: float  # of every convolution and linear layer's forward on that batch
+
+
+def heaviest_layer(model: nn.Module, sample: torch.Tensor, batch: int) -> Layer:
+    """The convolution or linear layer with the most forward FLOPs, found on a forward of a small
+    `sample` (no gradients), its input shape and FLOPs scaled to the run's `batch`."""
+    found: list[Layer] = []
+
+    def hook(name: str) -> Callable:
+        def record(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            x = args[0]
+            if isinstance(module, nn.Conv2d):
+                kh, kw = module.kernel_size
+                flops = 2.0 * output.numel() * module.in_channels / module.groups * kh * kw
+                nhwc = x.is_contiguous(memory_format=torch.channels_last)
+                fmt = torch.channels_last if nhwc else torch.contiguous_format
+            else:
+                flops, fmt = 2.0 * output.numel() * module.in_features, torch.contiguous_format
+            scale = batch / len(x)
+            found.append(Layer(name, module, (batch, *x.shape[1:]), fmt, flops * scale, 0.0))
+
+        return record
+
+    handles = [
+        module.register_forward_hook(hook(name))
+        for name, module in model.named_modules()
+        if isinstance(module, (nn.Conv2d, nn.Linear))
+    ]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(sample)
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    if not found:
+        raise UserError("precision=auto found no convolution or linear layer to time; use precision=fp32 or bf16")
+    total = sum(layer.flops for layer in found)
+    heaviest = max(found, key=lambda layer: layer.flops)
+    heaviest.model_flops = total
+    return heaviest
+
+
+def layer_timer(layer: Layer, batch: int) -> Callable[[str], float]:
+    """Seconds of one forward and backward of the layer alone (with its input's gradient, as inside
+    a network) on `batch` random inputs in the run's memory format, in a given precision."""
+    module = copy.deepcopy(layer.module)
+    shape = (batch, *layer.input_shape[1:])
+    device = next(module.parameters()).device
+    x = torch.randn(shape, device=device)
+    if len(shape) == 4:
+        x = x.contiguous(memory_format=layer.memory_format)
+    x.requires_grad_(True)
+
+    def step(name: str) -> float:
+        precision = select_precision(name, device)
+        tic = time.perf_counter()
+        with precision.autocast():
+            out = module(x)
+        out.float().mean().backward()
+        module.zero_grad(set_to_none=True)
+        x.grad = None
+        return time.perf_counter() - tic
+
+    return step
+
+
+# --- the cache
+
+
+def cache_dir() -> Path:
+    """$CIFARBENCH_CACHE_DIR, else $XDG_CACHE_HOME/cifarbench, else ~/.cache/cifarbench."""
+    if os.environ.get("CIFARBENCH_CACHE_DIR"):
+        return Path(os.environ["CIFARBENCH_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "cifarbench"
+
+
+def cache_file() -> Path:
+    return cache_dir() / "precision.json"
+
+
+def key_fields(
+    model_config: dict[str, Any], batch_size: int, input_shape: tuple[int, ...], channels_last: bool
+) -> dict[str, Any]:
+    """What decides the choice: the CPU (model name, bf16 units, cores, torch's threads), torch's
+    version, the model's config, the per-process batch and the input's size and memory format."""
+    return {
+        "cpu": cpu_name(),
+        "bf16_units": cpu_bf16_units(),
+        "cores": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "model": model_config,
+        "batch_size": batch_size,
+        "input": list(input_shape),
+        "channels_last": channels_last,
+    }
+
+
+@contextlib.contextmanager
+def cached(key: dict[str, Any] | None) -> Iterator[dict[str, Any]]:
+    """The cache entry for `key`, under a lock held until the block ends (so that concurrent runs of
+    a sweep probe one at a time and the later ones find the first one's choice); what the block
+    puts in it is written back. With no key, or a cache folder that cannot be written, an entry
+    that is forgotten."""
+    if key is None:
+        yield {}
+        return
+    folder = cache_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = os.open(folder / "precision.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        log.warning("precision cache %s cannot be used (%s); measuring without it", folder, exc.strerror)
+        yield {}
+        return
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        entries = read_cache()
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
+        entry = dict(entries.get(digest, {}))
+        before = dict(entry)
+        yield entry
+        if entry != before:
+            entry.update(key=key, written=datetime.now().isoformat(timespec="seconds"))
+            entries[digest] = entry
+            try:
+                write_json(cache_file(), {"format": CACHE_FORMAT, "entries": entries})
+            except OSError as exc:
+                log.warning("precision cache %s not written (%s)", cache_file(), exc)
+    finally:
+        os.close(lock)  # releases the flock
+
+
+def read_cache() -> dict[str, Any]:
+    """The cache's entries; an unreadable or foreign file reads as empty (it is rewritten)."""
+    try:
+        data = json.loads(cache_file().read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        log.warning("precision cache %s unreadable (%s); starting it anew", cache_file(), exc)
+        return {}
+    if not isinstance(data, dict) or data.get("format") != CACHE_FORMAT or not isinstance(data.get("entries"), dict):
+        return {}
+    return data["entries"]
