@@ -11,7 +11,8 @@ For each model, the same model, batch size, optimizer and data are trained two w
   without the cache; what it chose and its timings are printed), and forced to fp32 and to bf16;
 - reference: the common way - a torchvision-style dataset of PIL images with RandomCrop,
   RandomHorizontalFlip, ToTensor and Normalize, a DataLoader with workers, fp32, NCHW.
-Images per second are measured after warm-up steps, over several repeats; the median is reported.
+Images per second are measured after warm-up steps, over several repeats interleaved across the
+columns (one repeat of each, then the next round); the median is reported.
 A precision whose step takes long (emulated bf16 is 10-20x slower) is timed over fewer steps, about
 --seconds a repeat, so that the table still comes in minutes.
 The data path alone (augmented, normalised images per second, no model) is measured both ways too.
@@ -291,14 +292,22 @@ def main() -> None:
     def median(rates: list[float]) -> float:
         return round(statistics.median(rates), 1)
 
-    def rates_of(step: Callable[[], int]) -> list[float]:
-        """images/s over `--repeats`; a slow step (emulated bf16) over fewer steps, about --seconds each."""
-        tic = time.perf_counter()
-        for _ in range(args.warmup):
-            step()
-        seconds_per_step = (time.perf_counter() - tic) / max(args.warmup, 1)
-        steps = max(2, min(args.steps, math.ceil(args.seconds / max(seconds_per_step, 1e-9))))
-        return images_per_second(step, 0, steps, args.repeats)
+    def rates_of(steps: dict[str, Callable[[], int]]) -> dict[str, list[float]]:
+        """images/s of each step over `--repeats`, the repeats interleaved (one of each, then the next
+        round) so that drift on a shared machine hits every column alike; a slow step (emulated bf16)
+        over fewer steps, about --seconds a repeat."""
+        counts = {}
+        for column, step in steps.items():
+            tic = time.perf_counter()
+            for _ in range(args.warmup):
+                step()
+            seconds_per_step = (time.perf_counter() - tic) / max(args.warmup, 1)
+            counts[column] = max(2, min(args.steps, math.ceil(args.seconds / max(seconds_per_step, 1e-9))))
+        rates: dict[str, list[float]] = {column: [] for column in steps}
+        for _ in range(args.repeats):
+            for column, step in steps.items():
+                rates[column] += images_per_second(step, 0, counts[column], 1)
+        return rates
 
     # The data path alone: augmented, normalised batches per second.
     ours = cifarbench_batches(images, labels, args.data_batch_size)
@@ -316,19 +325,18 @@ def main() -> None:
         inputs, targets = next(cifarbench_batches(images, labels, args.batch_size))
         choice = choose("auto", device, model_for(name, True), inputs, targets, steps_per_epoch, None)
         print(f"{name}: precision=auto chose {choice.describe()}")
-        rates = {}
+        steps = {}
         for column, precision in (("cifarbench", choice.name), ("fp32", "fp32"), ("bf16", "bf16")):
             batches = cifarbench_batches(images, labels, args.batch_size)
-            step = cifarbench_step(model_for(name, True), batches, select_precision(precision, device))
-            rates[column] = rates_of(step)
+            steps[column] = cifarbench_step(model_for(name, True), batches, select_precision(precision, device))
         if args.compile:
             compiled = torch.compile(model_for(name, True))
             batches = cifarbench_batches(images, labels, args.batch_size)
-            rates["compile"] = rates_of(cifarbench_step(compiled, batches, select_precision(choice.name, device)))
+            steps["compile"] = cifarbench_step(compiled, batches, select_precision(choice.name, device))
         loader = reference_loader(images_hwc, labels.numpy(), args.batch_size, args.workers)
-        common_way = reference_step(model_for(name, False), forever(loader), fp32, channels_last=False)
-        rates["reference"] = rates_of(common_way)
-        del loader
+        steps["reference"] = reference_step(model_for(name, False), forever(loader), fp32, channels_last=False)
+        rates = rates_of(steps)
+        del loader, steps
         gflop = train_flops_per_image(model_for(name, True)) / 1e9
         forced_best = max(median(rates["fp32"]), median(rates["bf16"]))
         results["models"][name] = {

@@ -235,3 +235,55 @@ def test_tiny_real_training(tmp_path: Path, run_env: dict, overrides: list[str])
     if "model.freeze=backbone" in overrides:
         assert metrics["params"]["trainable"] == 512 * 4096 + 4096 + 4096 * 4096 + 4096 + 4096 * 10 + 10
         assert metrics["params"]["total"] > 11e6 + metrics["params"]["trainable"]
+
+
+@pytest.mark.parametrize("name", ["student", "improved", "mfm24", "kerascnn"])  # 000, 000, 003, 004: Keras-built
+def test_keras_init_gives_keras_kernels_biases_and_batch_norm(name: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(model_cfg(name, init="keras"))
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.Linear)]
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert layers and norms
+    for layer in layers:
+        # glorot-uniform: U(-l, l), l = sqrt(6 / (fan_in + fan_out)), fans counting the receptive field
+        fan_out, fan_in = layer.weight.shape[0], layer.weight.shape[1]
+        field = layer.weight[0, 0].numel()
+        limit = (6 / ((fan_in + fan_out) * field)) ** 0.5
+        assert layer.weight.abs().max() <= limit
+        if layer.weight.numel() >= 10_000:  # enough draws for the spread of a uniform to show
+            assert layer.weight.std().item() == pytest.approx(limit / 3**0.5, rel=0.05)
+        assert layer.bias is None or not layer.bias.any()
+    assert all(norm.momentum == 0.01 and norm.eps == 1e-3 for norm in norms)  # Keras: momentum 0.99, epsilon 1e-3
+    torch_default = build_model(model_cfg(name))
+    default_norms = [m for m in torch_default.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert all(norm.momentum == 0.1 and norm.eps == 1e-5 for norm in default_norms)
+    assert any(m.bias is not None and m.bias.any() for m in torch_default.modules() if isinstance(m, torch.nn.Conv2d))
+
+
+def test_kerascnn_readings_of_report_004() -> None:
+    """dropout_scope and convs_per_block: the two readings of 004's text, as options of one model."""
+
+    def rates(model: torch.nn.Module) -> list[float]:
+        return [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+
+    def convs(model: torch.nn.Module) -> int:
+        return sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+
+    rising = build_model(model_cfg("kerascnn", dropout=0.3))
+    assert rates(rising) == [0.3, 0.4, 0.5, 0.5] and convs(rising) == 3
+    assert count_parameters(rising)[0] == 357_258
+    assert rates(build_model(model_cfg("kerascnn", dropout=0.4, dropout_scope="uniform"))) == [0.4] * 4
+    two = build_model(model_cfg("kerascnn", convs_per_block=2))
+    assert convs(two) == 6 and count_parameters(two)[0] == 551_466
+    assert two(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize(
+    ("override", "allowed"),
+    [("model.init=glorot", "torch, keras"), ("model.dropout_scope=all", "rising, uniform"),
+     ("model.convs_per_block=0", "an integer in [1, 4]")],
+)  # fmt: skip
+def test_a_reading_outside_its_options_is_refused_in_one_line(tmp_path: Path, override: str, allowed: str) -> None:
+    result = cli("train", "model=kerascnn", override, cwd=tmp_path, check=False)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1 and allowed in lines[0], result.stderr

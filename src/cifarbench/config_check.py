@@ -22,7 +22,9 @@ from cifarbench.config import GROUPS, config_dir, group_options, register_resolv
 from cifarbench.errors import UserError, import_extra, show
 from cifarbench.options import (
     DEVICES,
+    DROPOUT_SCOPES,
     FLIPS,
+    INITS,
     MONITORS,
     NORMALIZATIONS,
     PADDING_MODES,
@@ -89,6 +91,9 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "early_stopping.min_delta": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
     "model.dropout": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
     "model.dropout_deep": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "model.init": one_of(INITS),
+    "model.dropout_scope": one_of(DROPOUT_SCOPES),
+    "model.convs_per_block": (lambda v: _is_int(v) and 1 <= v <= 4, "an integer in [1, 4]"),
     "model.input_size": (lambda v: _is_int(v) and v >= 32, "an integer >= 32"),
     "model.unfreeze_last": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     "optimizer.lr": (lambda v: _is_number(v) and v > 0, "a number > 0"),

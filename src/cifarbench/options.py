@@ -5,7 +5,7 @@ before anything else (config_check.py); this module imports nothing, so that che
 """
 
 DEVICES = ("auto", "cpu", "cuda", "mps")  # runtime.select_device
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # runtime.select_precision
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # precision.choose, runtime.select_precision
 TEST_WEIGHTS = ("best", "last")  # state.weights_to_test: the best epoch's by validation, or the final ones
 MONITORS = ("val_loss", "val_acc")  # stopping.BestTracker: what "best" means
 TTA_LEVELS = ("none", "flip", "flip_translate")  # augmentation.tta_views
@@ -14,3 +14,5 @@ PADDING_MODES = ("zeros", "reflect")  # augmentation.FlipCrop
 POLICIES = ("autoaugment", "randaugment", "trivialaugment")  # augmentation.TorchvisionPolicy
 NORMALIZATIONS = ("cifar10", "half", "unit")  # data.normalize.MEAN_STD
 INTERVALS = ("epoch", "step")  # schedulers: when a schedule steps
+INITS = ("torch", "keras")  # models.build_model: the layers' own initialisation, or Keras's (models/keras_init.py)
+DROPOUT_SCOPES = ("rising", "uniform")  # models.kerascnn.KerasCNN: the readings of 004's dropout rates
