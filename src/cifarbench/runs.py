@@ -92,7 +92,9 @@ class Run:
 
     @property
     def reported(self) -> dict[str, Any] | None:
-        """The report's own figure for this run's recipe ({metric, value, source[, note]}): the
+        """The report's own figure for this run's recipe ({metric, value, source[, note, loss,
+        comparable]}; `loss` is the report's test loss where it gives one, `comparable: false` marks a
+        figure that is not a measurement of this recipe, its note saying why): the
         preset's `reported`, or the cell of it whose `when` the run's config matches (e.g. one
         cell of 004's Table 2 for a job of the grid sweep). None where the report gives none.
         It is a fact about the report, so the preset as it is now has the last word (a note or a
@@ -102,7 +104,7 @@ class Run:
             reported = self.config.get("reported")
         if not isinstance(reported, dict):
             return None
-        figure = {k: reported.get(k) for k in ("metric", "value", "source", "note")}
+        figure = {k: reported.get(k) for k in ("metric", "value", "source", "note", "loss", "comparable")}
         for cell in reported.get("cells") or []:
             if _matches(self.config, cell.get("when", {})):
                 figure.update({k: v for k, v in cell.items() if k != "when"})

@@ -17,8 +17,10 @@ RECIPE_HEADERS = [
     "Seeds",
     "Epochs",
     "Test accuracy (%)",
+    "Test loss",
     "Reported metric",
     "Reported (%)",
+    "Reported test loss",
     "Measured (%)",
     "Difference (points)",
     "Reported in",
@@ -28,6 +30,7 @@ RECIPE_HEADERS = [
     "Note",
 ]
 OFF_BY = 3.0  # points between the measured and the reported figure from which a row shows its note
+NOT_COMPARABLE = "not comparable"  # the difference cell of a figure that measures something else (its note says why)
 
 
 def recipes(runs: list[Run]) -> list[dict[str, Any]]:
@@ -42,7 +45,10 @@ def recipes(runs: list[Run]) -> list[dict[str, Any]]:
         first = members[0]
         reported = first.reported
         measured = spread([r.measured(reported["metric"]) for r in done]) if reported else None
+        comparable = not reported or reported.get("comparable") is not False
         difference = None if measured is None else round(measured.mean - reported["value"], 2)
+        if not comparable:
+            difference = NOT_COMPARABLE
         statuses = {
             status: sum(r.status == status for r in members) for status in dict.fromkeys(r.status for r in members)
         }
@@ -57,21 +63,26 @@ def recipes(runs: list[Run]) -> list[dict[str, Any]]:
                 ),
                 "epochs": spread([r.metrics.get("epochs_run") for r in done]),
                 "test_acc": spread([r.test("accuracy") for r in done]),
+                "test_loss": spread([r.test("loss") for r in done]),
                 "test_without_tta": spread([(r.metrics.get("test_without_tta") or {}).get("accuracy") for r in done]),
                 "reported_metric": reported and reported["metric"],
                 "reported": reported and reported["value"],
+                "reported_loss": reported and reported.get("loss"),
                 "measured": measured,
                 "difference": difference,
                 "source": reported and reported["source"],
                 "minutes": spread([r.minutes for r in done]),
                 "hardware": "; ".join(dict.fromkeys(r.hardware for r in done if r.hardware)) or None,
                 "status": ", ".join(f"{count} {status}" for status, count in statuses.items()),
-                "note": reported.get("note")
-                if reported and difference is not None and abs(difference) > OFF_BY
-                else None,
+                "note": reported.get("note") if reported and _shows_note(difference) else None,
             }
         )
     return sorted(entries, key=lambda e: e["recipe"])
+
+
+def _shows_note(difference: float | str | None) -> bool:
+    """A note explains a figure that cannot be compared, or one more than OFF_BY points off."""
+    return difference == NOT_COMPARABLE or (isinstance(difference, float | int) and abs(difference) > OFF_BY)
 
 
 def show(value: Any, digits: int = 2) -> Any:
@@ -91,8 +102,10 @@ def recipe_table(entries: list[dict[str, Any]]) -> list[list[Any]]:
             e["seeds"],
             show(e["epochs"], 1),
             show(e["test_acc"]),
+            show(e["test_loss"], 3),
             e["reported_metric"],
             e["reported"],
+            e["reported_loss"],
             show(e["measured"]),
             e["difference"],
             e["source"],
@@ -107,7 +120,7 @@ def recipe_table(entries: list[dict[str, Any]]) -> list[list[Any]]:
 
 def write_recipes_csv(path: Path, entries: list[dict[str, Any]]) -> None:
     """The seeds-aggregated table with each spread as its own mean, sd columns."""
-    spreads = ("epochs", "test_acc", "test_without_tta", "measured", "minutes")
+    spreads = ("epochs", "test_acc", "test_loss", "test_without_tta", "measured", "minutes")
     headers = [k for k in entries[0] if k not in spreads] if entries else []
     headers += [f"{k}_{part}" for k in spreads for part in ("mean", "sd")]
     rows = []
