@@ -4,11 +4,11 @@ On the CPU the choice between fp32 and bf16 is timed, not read off the CPU's fla
 torch reports can still be slower than fp32 (a Xeon with AVX512-BF16 ran `improved` 15-30% slower
 in bf16, issue 32), and without such units bf16 is emulated and 10-20x slower. The probe (`probe`)
 times forward and backward in each precision, interleaved, median of 3 after a warm-up, first on the
-model's heaviest layer and a few images; where that race is close it is run again on the whole model
-at the run's batch, within a budget of 5% of one epoch. bf16 is taken only when it is more than 5%
-faster. A decision is cached per CPU, torch, model and batch in the user's cache folder
-(`cache_dir`), so the next run of that kind pays nothing; `precision_cache=false` measures anew.
-An epoch under 20 steps is too short to pay for a probe: fp32.
+model's heaviest layer and a few images, where bf16 more than 2x slower is out; otherwise it is timed
+again on the whole model at the run's batch, within a budget of 5% of one epoch. bf16 is taken only
+when it is more than 5% faster. A decision is cached per CPU, torch, model and batch in the user's
+cache folder (`cache_dir`), so the next run of that kind pays nothing; `precision_cache=false`
+measures anew. An epoch under 20 steps is too short to pay for a probe: fp32.
 
 On CUDA the GPU's compute capability decides (bf16 from Ampere on, fp16 with a grad scaler before).
 `precision=fp32|bf16|fp16` forces. Whatever decided, the decision is the run's: it goes into every
@@ -47,8 +47,8 @@ BF16_MARGIN = 1.05  # bf16 must take under 1/1.05 of fp32's time; within 5%, fp3
 BUDGET = 0.05  # the probe's share of one epoch at most (an epoch estimated from the probe's own timings)
 ROUNDS = 3  # timed steps per precision after one warm-up each; the median decides
 MIN_STEPS = 20  # an epoch of fewer steps cannot hide even the first, cheapest timing
-FEW_IMAGES = 16  # the first timing: the heaviest layer on this many images
-DECISIVE_GAP = 2.0  # a precision this many times slower on the first timing is out
+FEW_IMAGES = 16  # the first timing: the heaviest layer on this many images (an eighth of smaller batches)
+DECISIVE_GAP = 2.0  # bf16 this many times slower than fp32 on the first timing is out
 CACHE_FORMAT = 1
 NAMES = ("fp32", "bf16", "fp16")
 
@@ -108,30 +108,44 @@ def choose(
         return choice
 
 
-def resumed_choice(checkpoint: dict[str, Any], device: torch.device) -> Choice:
-    """A resumed run's precision: the one its checkpoint records, with how it was first decided."""
+def resumed_choice(checkpoint: dict[str, Any], device: torch.device) -> Choice | None:
+    """A resumed run's precision: the one its checkpoint records, with how it was first decided.
+    None when the run was decided for another kind of device (a CPU run resumed on a GPU) and must
+    be decided anew here."""
     recorded = dict(checkpoint.get("precision") or {})
-    if recorded.get("device", device.type) != device.type and recorded.get("how") not in (None, "forced"):
-        # resumed on another kind of device (a CPU run continued on a GPU): what `auto` means there
-        log.warning("resumed on %s, not where the run started; its precision is decided anew", device.type)
-        return choose(checkpoint["config"].get("precision", "auto"), device, None, None, None, 0, None)
+    if not _same_device(recorded, device):
+        return None
     name = recorded_precision(checkpoint, device).name
-    first = recorded.pop("how", "auto, before precision was recorded (decided by the CPU's flags)")
+    first = recorded.pop("decided", None) or recorded.pop("how", None)
+    recorded.pop("how", None)
     recorded.pop("name", None)
-    return Choice(name, "recorded", {**recorded, "decided": first})
+    return Choice(name, "recorded", {**recorded, "decided": first or LEGACY})
 
 
 def recorded_precision(checkpoint: dict[str, Any], device: torch.device, recorded_name: str | None = None) -> Precision:
     """The precision a trained run ran in, for resuming, re-evaluating or predicting with it: its
     checkpoint's record (`recorded_name`, the run record's, for checkpoints from before the
-    record existed); with neither, what `precision=auto` meant then (bf16 on CPUs with bf16 units)."""
-    name = (checkpoint.get("precision") or {}).get("name") or recorded_name
+    record existed); with neither, what `precision=auto` meant then (bf16 on CPUs with bf16 units).
+    A run decided for another kind of device is read in fp32 on the CPU (the exact reference), in
+    what `auto` gives a GPU there."""
+    recorded = checkpoint.get("precision") or {}
+    name = recorded.get("name") or recorded_name
+    if not _same_device(recorded, device):
+        name = "fp32" if device.type == "cpu" else legacy_auto(device)
     if name is None:
         asked = checkpoint["config"].get("precision", "auto")
         name = asked if asked != "auto" else legacy_auto(device)
     if name == "fp16" and device.type == "cpu":  # a GPU run read on a CPU: fp16 autocast is GPU-only
         name = "fp32"
     return select_precision(name, device)
+
+
+LEGACY = "auto, before precision was recorded (decided by the CPU's flags)"
+
+
+def _same_device(recorded: dict[str, Any], device: torch.device) -> bool:
+    """Whether a recorded choice holds on `device`: forced ones always, measured ones where made."""
+    return recorded.get("how") == "forced" or recorded.get("device", device.type) == device.type
 
 
 def legacy_auto(device: torch.device) -> str:
@@ -146,43 +160,64 @@ def legacy_auto(device: torch.device) -> str:
 
 def probe(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, steps_per_epoch: int) -> Choice:
     """Times a copy of `model` (its batch-norm statistics and the run's random streams untouched),
-    cheapest unit first: its heaviest layer on a few images. A gap of more than 2x there decides
-    (emulated bf16 runs 10-20x slower than fp32; no batch size closes that); a closer race is run
-    again on the model itself at the run's batch, or on the layer at that batch, whichever the
-    budget (5% of an epoch, estimated from the first timing) allows."""
+    cheapest unit first: its heaviest layer on a few images. bf16 more than 2x slower there is out
+    (emulated bf16 runs 10-20x slower than fp32; no batch size closes that gap); a closer race, or
+    bf16 ahead, is run again on the model itself at the run's batch, or on the layer at that batch,
+    whichever the budget (5% of an epoch, estimated from the first fp32 step) allows. A timing the
+    budget cannot finish ends the probe in fp32."""
     started = time.perf_counter()
     model = copy.deepcopy(model).train()
     batch = len(inputs)
     with torch.random.fork_rng(devices=[]):
         layer = heaviest_layer(model, inputs[:2], batch)
         share = layer.flops / max(layer.model_flops, 1.0)
-        few = min(FEW_IMAGES, batch)
+        few = min(FEW_IMAGES, max(2, batch // 8))
         what = f"its heaviest layer ({layer.name}, {share:.0%} of the model's FLOPs)"
-        unit, times = f"{what} on {few} images", timed(layer_timer(layer, few))
+        first = layer_timer(layer, few)
+        warm_fp32 = first("fp32")
+        model_step = warm_fp32 * batch / few / share  # the model's fp32 step, estimated (a warm-up: over)
+        budget = BUDGET * steps_per_epoch * model_step
+        times = timed(first, started, budget, {"fp32": warm_fp32})
+        if times is None:
+            reason = f"timing even its heaviest layer on {few} images would cost over {BUDGET:.0%} of an epoch"
+            return Choice("fp32", "too short", {"reason": reason, "probe_seconds": round(_since(started), 3)})
+        unit = f"{what} on {few} images"
         ratio = median(times["bf16"]) / median(times["fp32"])
-        if 1 / DECISIVE_GAP <= ratio <= DECISIVE_GAP:
-            model_step = median(times["fp32"]) * batch / few / share  # the estimated fp32 step of the model
-            budget = BUDGET * steps_per_epoch * model_step
-            for candidate, cost, timer in (
+        if ratio <= DECISIVE_GAP:
+            for candidate, cost, make in (
                 ("the model", model_step, lambda: model_timer(model, inputs, labels)),
                 (f"{what} on {batch} images", model_step * share, lambda: layer_timer(layer, batch)),
             ):
-                spent = time.perf_counter() - started
-                if spent + (ROUNDS + 1) * cost * (1 + ratio) <= budget:
-                    unit, times = candidate, timed(timer())
+                if _since(started) + (ROUNDS + 1) * cost * (1 + ratio) <= budget:
+                    again = timed(make(), started, budget)
+                    if again is not None:
+                        unit, times = candidate, again
                     break
-    return decide(times, unit, time.perf_counter() - started)
+    return decide(times, unit, _since(started))
 
 
-def timed(step: Callable[[str], float]) -> dict[str, list[float]]:
-    """One warm-up step in each precision (oneDNN builds its kernels on first use), then ROUNDS
-    timed ones each, interleaved and alternating in order so that drift hits both alike."""
+def _since(started: float) -> float:
+    return time.perf_counter() - started
+
+
+def timed(
+    step: Callable[[str], float], started: float, budget: float, warm: dict[str, float] | None = None
+) -> dict[str, list[float]] | None:
+    """One warm-up step in each precision (oneDNN builds its kernels on first use; `warm` names the
+    ones already taken), then ROUNDS timed ones each, interleaved and alternating in order so that
+    drift hits both alike. None when the next step would take the probe past `budget` seconds
+    since `started` (each step's cost guessed from its precision's last one)."""
+    last = dict(warm or {})
     for name in ("fp32", "bf16"):
-        step(name)
+        if name not in last:
+            last[name] = step(name)
     times: dict[str, list[float]] = {"fp32": [], "bf16": []}
     for i in range(ROUNDS):
         for name in ("fp32", "bf16") if i % 2 == 0 else ("bf16", "fp32"):
-            times[name].append(step(name))
+            if _since(started) + last[name] > budget:
+                return None
+            last[name] = step(name)
+            times[name].append(last[name])
     return times
 
 
@@ -309,10 +344,15 @@ def cache_file() -> Path:
 
 
 def key_fields(
-    model_config: dict[str, Any], batch_size: int, input_shape: tuple[int, ...], channels_last: bool
+    model_config: dict[str, Any],
+    batch_size: int,
+    input_shape: tuple[int, ...],
+    channels_last: bool,
+    compiled: bool = False,
 ) -> dict[str, Any]:
     """What decides the choice: the CPU (model name, bf16 units, cores, torch's threads), torch's
-    version, the model's config, the per-process batch and the input's size and memory format."""
+    version, the model's config, the per-process batch, the input's size and memory format, and
+    whether the run compiles its step (the probe times the eager model either way)."""
     return {
         "cpu": cpu_name(),
         "bf16_units": cpu_bf16_units(),
@@ -323,42 +363,69 @@ def key_fields(
         "batch_size": batch_size,
         "input": list(input_shape),
         "channels_last": channels_last,
+        "compile": compiled,
     }
 
 
 @contextlib.contextmanager
 def cached(key: dict[str, Any] | None) -> Iterator[dict[str, Any]]:
-    """The cache entry for `key`, under a lock held until the block ends (so that concurrent runs of
-    a sweep probe one at a time and the later ones find the first one's choice); what the block
-    puts in it is written back. With no key, or a cache folder that cannot be written, an entry
-    that is forgotten."""
+    """The cache entry for `key`, under a lock of that key's own held until the block ends (so that
+    concurrent runs of a sweep that ask the same question probe one at a time, the later ones
+    finding the first one's answer, while other questions go on); what the block puts in it is
+    written back under a short lock of the whole file. With no key, or a cache folder that cannot
+    be written or locked, an entry that is forgotten."""
     if key is None:
         yield {}
         return
-    folder = cache_dir()
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    held = contextlib.ExitStack()
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        lock = os.open(folder / "precision.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        log.warning("precision cache %s cannot be used (%s); measuring without it", folder, exc.strerror)
+        held.enter_context(_locked(f"precision-{digest}.lock"))
+    except _CacheUnusable as exc:
+        log.warning("precision cache %s cannot be used (%s); measuring without it", cache_dir(), exc)
         yield {}
         return
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        entries = read_cache()
-        digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
-        entry = dict(entries.get(digest, {}))
+    with held:
+        entry = _valid(read_cache().get(digest))
         before = dict(entry)
         yield entry
         if entry != before:
             entry.update(key=key, written=datetime.now().isoformat(timespec="seconds"))
-            entries[digest] = entry
             try:
-                write_json(cache_file(), {"format": CACHE_FORMAT, "entries": entries})
-            except OSError as exc:
+                with _locked("precision.lock"):  # read again: another key may have been written meanwhile
+                    entries = read_cache()
+                    entries[digest] = entry
+                    write_json(cache_file(), {"format": CACHE_FORMAT, "entries": entries})
+            except (_CacheUnusable, OSError) as exc:
                 log.warning("precision cache %s not written (%s)", cache_file(), exc)
+
+
+class _CacheUnusable(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _locked(name: str) -> Iterator[None]:
+    try:
+        cache_dir().mkdir(parents=True, exist_ok=True)
+        fd = os.open(cache_dir() / name, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise _CacheUnusable(exc.strerror or str(exc)) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:  # a file system without locks (some network mounts)
+            raise _CacheUnusable(f"no file locks: {exc.strerror}") from None
+        yield
     finally:
-        os.close(lock)  # releases the flock
+        os.close(fd)  # releases the flock
+
+
+def _valid(entry: Any) -> dict[str, Any]:
+    """A cache entry as choose reads it, or an empty one (re-measured) if it is not."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("choice"), dict):
+        return {}
+    return dict(entry) if entry["choice"].get("name") in ("fp32", "bf16") else {}
 
 
 def read_cache() -> dict[str, Any]:

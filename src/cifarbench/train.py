@@ -236,12 +236,13 @@ def decide_precision(
     world: World,
     resume: dict | None,
 ) -> Choice:
-    """The run's precision, decided once: a resumed run keeps its checkpoint's; a new one asks
-    precision.choose (on the CPU with `auto`: a timing of this model on one of its batches, on rank
-    0 alone while the others wait, then told to every rank)."""
-    if resume is not None:
-        choice = resumed_choice(resume, device)
-    else:
+    """The run's precision, decided once: a resumed run keeps its checkpoint's (unless it was decided
+    for another kind of device); a new one asks precision.choose (on the CPU with `auto`: a timing of
+    this model on one of its batches, on rank 0 alone while the others wait, then told to every rank)."""
+    choice = resumed_choice(resume, device) if resume is not None else None
+    if choice is None:
+        if cfg.precision != "auto":  # a forced one is checked on every rank, so that all refuse alike
+            select_precision(cfg.precision, device)
         choice = Choice("fp32", "rank 0's")
         if world.is_main:
             batch = distributed.local_batch_size(cfg.batch_size, world)
@@ -250,7 +251,7 @@ def decide_precision(
             key = None
             if cfg.precision_cache:
                 model_config = OmegaConf.to_container(cfg.model, resolve=True)
-                key = key_fields(model_config, batch, tuple(inputs.shape[1:]), cfg.channels_last)
+                key = key_fields(model_config, batch, tuple(inputs.shape[1:]), cfg.channels_last, cfg.compile)
             steps_per_epoch = len(train) // cfg.batch_size
             choice = choose(cfg.precision, device, model, inputs, labels, steps_per_epoch, key)
             choice = Choice(choice.name, choice.how, {"device": device.type, **choice.detail})
