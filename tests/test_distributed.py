@@ -193,6 +193,24 @@ def test_every_rank_takes_rank_0s_decisions(tmp_path: Path, run_env: dict) -> No
         assert torch.equal(tensor, rank1["weights"][name]), name
 
 
+def test_every_rank_trains_in_the_precision_rank_0_chose(tmp_path: Path, run_env: dict) -> None:
+    """Only rank 0 runs precision=auto's probe (here made to answer bf16); the other rank must train in
+    its choice, not in a default of its own, and the record says so."""
+    spy = Path(__file__).with_name("rank_spy.py")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(spy), "train",
+               *SMOKE, "epochs=1", "name=mixed"]  # fmt: skip
+    env = {**os.environ, **run_env, "OMP_NUM_THREADS": "1", "RANK_SPY_DIR": str(tmp_path), "RANK_SPY_PRECISION": "bf16"}
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    import torch
+
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert [rank["precision"] for rank in ranks] == ["bf16", "bf16"]
+    (run_dir,) = (tmp_path / "outputs" / "mixed").iterdir()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["precision"] == "bf16" and metrics["precision_choice"]["how"] == "measured"
+
+
 def test_an_interrupted_grid_sweep_resumes_without_rerunning_finished_jobs(tmp_path: Path, run_env: dict) -> None:
     """The same -m command with the same hydra.sweep.dir: finished jobs are kept as they are, the
     interrupted one continues from its last.pt."""
