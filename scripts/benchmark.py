@@ -175,11 +175,11 @@ def train_flops_per_image(model: torch.nn.Module) -> float:
     return counter.get_total_flops() / len(batch)
 
 
-def matmul_peak_gflops(dtype: torch.dtype, repeats: int, n: int = 2048) -> float:
+def matmul_peak_gflops(dtype: torch.dtype, repeats: int, n: int = 2048) -> tuple[float, int]:
     """GFLOP/s of a large square matrix product in `dtype`: about the most dense math this machine
     does. A training step cannot beat it, so a model's GFLOP/s against it says how much is left.
     Where the product is emulated (bf16 without bf16 units: 60 s for 2048x2048 on a 2-core EPYC) a
-    smaller one is timed, the largest that takes under a second."""
+    smaller one is timed, the largest that takes under a second. Returns (GFLOP/s, its size)."""
     size = 256
     while size < n:
         a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
@@ -194,7 +194,7 @@ def matmul_peak_gflops(dtype: torch.dtype, repeats: int, n: int = 2048) -> float
         torch.mm(a, b)
         return 1
 
-    return 2 * size**3 * statistics.median(images_per_second(product, 1, 3, repeats)) / 1e9
+    return 2 * size**3 * statistics.median(images_per_second(product, 1, 3, repeats)) / 1e9, size
 
 
 PEAK_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -360,8 +360,11 @@ def main() -> None:
             step = cifarbench_step(model_for(name, True), batches, select_precision(choice.name, device))
             results["models"][name]["profile"] = profile_step(step, args.warmup, args.steps)
 
-    peaks = {name: matmul_peak_gflops(dtype, args.repeats) for name, dtype in PEAK_DTYPES.items()}
+    measured = {name: matmul_peak_gflops(dtype, args.repeats) for name, dtype in PEAK_DTYPES.items()}
+    peaks = {name: peak for name, (peak, _) in measured.items()}
+    sizes = {name: size for name, (_, size) in measured.items()}
     results["matmul_peak_gflops"] = {name: round(peak, 1) for name, peak in peaks.items()}
+    results["matmul_peak_size"] = sizes
     for row in results["models"].values():
         row["cifarbench_peak_share"] = round(row["cifarbench_gflops"] / peaks[row["precision"]], 3)
         # a cifarbench step at 100% of its precision's peak against the reference as measured: no ratio beats it
@@ -388,7 +391,8 @@ def main() -> None:
         f"{data['ratio']:>5.2f}x   (augmented + normalised images/s, no model)"
     )
     print(
-        f"peak (a 2048x2048 matrix product): {peaks['fp32']:.1f} GFLOP/s in fp32, {peaks['bf16']:.1f} in bf16; "
+        f"peak (a square matrix product): {peaks['fp32']:.1f} GFLOP/s in fp32 ({sizes['fp32']}), "
+        f"{peaks['bf16']:.1f} in bf16 ({sizes['bf16']}); "
         "auto/best = cifarbench's auto against the faster forced precision; max ratio = the chosen precision's "
         "peak / the reference's GFLOP/s, what a step at 100% of that peak would reach"
     )

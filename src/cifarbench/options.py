@@ -5,7 +5,7 @@ before anything else (config_check.py); this module imports nothing, so that che
 """
 
 DEVICES = ("auto", "cpu", "cuda", "mps")  # runtime.select_device
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # precision.choose, runtime.select_precision
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # auto first: PRECISIONS[1:] are the named ones (runtime, precision)
 TEST_WEIGHTS = ("best", "last")  # state.weights_to_test: the best epoch's by validation, or the final ones
 MONITORS = ("val_loss", "val_acc")  # stopping.BestTracker: what "best" means
 TTA_LEVELS = ("none", "flip", "flip_translate")  # augmentation.tta_views

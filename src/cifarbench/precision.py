@@ -37,8 +37,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cifarbench.errors import UserError, one_line
+from cifarbench.errors import one_line
 from cifarbench.files import write_json
+from cifarbench.options import PRECISIONS
 from cifarbench.runtime import Precision, cpu_bf16_units, cpu_name, cuda_has_native_bf16, select_precision
 
 log = logging.getLogger("cifarbench")
@@ -50,7 +51,7 @@ MIN_STEPS = 20  # an epoch of fewer steps cannot hide even the first, cheapest t
 FEW_IMAGES = 16  # the first timing: the heaviest layer on this many images (an eighth of smaller batches)
 DECISIVE_GAP = 2.0  # bf16 this many times slower than fp32 on the first timing is out
 CACHE_FORMAT = 1
-NAMES = ("fp32", "bf16", "fp16")
+NAMES = PRECISIONS[1:]  # every one but "auto"
 
 
 @dataclass(frozen=True)
@@ -88,8 +89,7 @@ def choose(
     if asked != "auto":
         return Choice(select_precision(asked, device).name, "forced")
     if device.type == "cuda":
-        name = "bf16" if cuda_has_native_bf16(device) else "fp16"
-        return Choice(name, "gpu", {"reason": "bf16 units from compute capability 8.0 on, else fp16"})
+        return Choice(legacy_auto(device), "gpu", {"reason": "bf16 units from compute capability 8.0 on, else fp16"})
     if device.type != "cpu":
         return Choice("fp32", "forced", {"reason": f"autocast on {device.type} is not probed"})
     if model is None or steps_per_epoch < MIN_STEPS:
@@ -149,7 +149,8 @@ def _same_device(recorded: dict[str, Any], device: torch.device) -> bool:
 
 
 def legacy_auto(device: torch.device) -> str:
-    """`precision=auto` before issue 32 (flags, not timings): for runs recorded without a choice."""
+    """`precision=auto` by the device's flags: still the rule on CUDA; on the CPU the rule before issue
+    32, for runs recorded without a choice."""
     if device.type == "cuda":
         return "bf16" if cuda_has_native_bf16(device) else "fp16"
     return "bf16" if device.type == "cpu" and cpu_bf16_units() else "fp32"
@@ -169,8 +170,8 @@ def probe(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, steps_pe
     model = copy.deepcopy(model).train()
     batch = len(inputs)
     with torch.random.fork_rng(devices=[]):
-        layer = heaviest_layer(model, inputs[:2], batch)
-        share = layer.flops / max(layer.model_flops, 1.0)
+        layer = heaviest_layer(model, inputs[:2])
+        share = layer.share
         few = min(FEW_IMAGES, max(2, batch // 8))
         what = f"its heaviest layer ({layer.name}, {share:.0%} of the model's FLOPs)"
         first = layer_timer(layer, few)
@@ -256,29 +257,24 @@ def model_timer(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) ->
 class Layer:
     name: str
     module: nn.Module
-    input_shape: tuple[int, ...]
+    input_shape: tuple[int, ...]  # one input's, without the batch
     memory_format: torch.memory_format
-    flops: float  # of its forward on the probe's batch
-    model_flops: float  # of every convolution and linear layer's forward on that batch
+    share: float  # of the forward FLOPs of every convolution and linear layer of the model
 
 
-def heaviest_layer(model: nn.Module, sample: torch.Tensor, batch: int) -> Layer:
+def heaviest_layer(model: nn.Module, sample: torch.Tensor) -> Layer:
     """The convolution or linear layer with the most forward FLOPs, found on a forward of a small
-    `sample` (no gradients), its input shape and FLOPs scaled to the run's `batch`."""
-    found: list[Layer] = []
+    `sample` (no gradients)."""
+    found: list[tuple[float, str, nn.Module, torch.Tensor]] = []
 
     def hook(name: str) -> Callable:
         def record(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-            x = args[0]
-            if isinstance(module, nn.Conv2d):
-                kh, kw = module.kernel_size
-                flops = 2.0 * output.numel() * module.in_channels / module.groups * kh * kw
-                nhwc = x.is_contiguous(memory_format=torch.channels_last)
-                fmt = torch.channels_last if nhwc else torch.contiguous_format
-            else:
-                flops, fmt = 2.0 * output.numel() * module.in_features, torch.contiguous_format
-            scale = batch / len(x)
-            found.append(Layer(name, module, (batch, *x.shape[1:]), fmt, flops * scale, 0.0))
+            fan_in = (
+                module.in_channels // module.groups * module.weight[0, 0].numel()
+                if isinstance(module, nn.Conv2d)
+                else module.in_features
+            )
+            found.append((2.0 * output.numel() * fan_in, name, module, args[0]))
 
         return record
 
@@ -297,18 +293,18 @@ def heaviest_layer(model: nn.Module, sample: torch.Tensor, batch: int) -> Layer:
         for handle in handles:
             handle.remove()
     if not found:
-        raise UserError("precision=auto found no convolution or linear layer to time; use precision=fp32 or bf16")
-    total = sum(layer.flops for layer in found)
-    heaviest = max(found, key=lambda layer: layer.flops)
-    heaviest.model_flops = total
-    return heaviest
+        raise ValueError("no convolution or linear layer to time")
+    flops, name, module, x = max(found, key=lambda entry: entry[0])
+    nhwc = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+    fmt = torch.channels_last if nhwc else torch.contiguous_format
+    return Layer(name, module, tuple(x.shape[1:]), fmt, flops / sum(entry[0] for entry in found))
 
 
 def layer_timer(layer: Layer, batch: int) -> Callable[[str], float]:
     """Seconds of one forward and backward of the layer alone (with its input's gradient, as inside
     a network) on `batch` random inputs in the run's memory format, in a given precision."""
-    module = copy.deepcopy(layer.module)
-    shape = (batch, *layer.input_shape[1:])
+    module = layer.module  # of the probe's own copy of the model
+    shape = (batch, *layer.input_shape)
     device = next(module.parameters()).device
     x = torch.randn(shape, device=device)
     if len(shape) == 4:

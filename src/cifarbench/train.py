@@ -246,8 +246,7 @@ def decide_precision(
         choice = Choice("fp32", "rank 0's")
         if world.is_main:
             batch = distributed.local_batch_size(cfg.batch_size, world)
-            sample = torch.arange(min(batch, len(train)), device=device)
-            inputs, labels = normalize(train.images[sample]), train.labels[sample]
+            inputs, labels = normalize(train.images[:batch]), train.labels[:batch]
             key = None
             if cfg.precision_cache:
                 model_config = OmegaConf.to_container(cfg.model, resolve=True)

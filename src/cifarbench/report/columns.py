@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from cifarbench.errors import UserError
-from cifarbench.report.recipes import NOT_COMPARABLE
+from cifarbench.report.recipes import against
 from cifarbench.runs import Run
 
 
@@ -24,10 +24,7 @@ def _measured(run: Run) -> float | None:
 
 
 def _difference(run: Run) -> float | str | None:
-    measured, reported = _measured(run), _reported(run, "value")
-    if measured is None or reported is None:
-        return None
-    return NOT_COMPARABLE if _reported(run, "comparable") is False else round(measured - reported, 2)
+    return against(_measured(run), run.reported)
 
 
 # Column name -> how to get it from a run. The shape of 000's Table 1, then the report's own figure

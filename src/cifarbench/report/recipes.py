@@ -45,10 +45,7 @@ def recipes(runs: list[Run]) -> list[dict[str, Any]]:
         first = members[0]
         reported = first.reported
         measured = spread([r.measured(reported["metric"]) for r in done]) if reported else None
-        comparable = not reported or reported.get("comparable") is not False
-        difference = None if measured is None else round(measured.mean - reported["value"], 2)
-        if not comparable:
-            difference = NOT_COMPARABLE
+        difference = against(None if measured is None else measured.mean, reported)
         statuses = {
             status: sum(r.status == status for r in members) for status in dict.fromkeys(r.status for r in members)
         }
@@ -78,6 +75,14 @@ def recipes(runs: list[Run]) -> list[dict[str, Any]]:
             }
         )
     return sorted(entries, key=lambda e: e["recipe"])
+
+
+def against(measured: float | None, reported: dict[str, Any] | None) -> float | str | None:
+    """Measured minus reported in points, or NOT_COMPARABLE where the report's figure is not one of
+    this recipe (`reported.comparable: false`); None without both figures."""
+    if measured is None or not reported or reported.get("value") is None:
+        return None
+    return NOT_COMPARABLE if reported.get("comparable") is False else round(measured - reported["value"], 2)
 
 
 def _shows_note(difference: float | str | None) -> bool:
