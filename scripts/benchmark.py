@@ -47,7 +47,7 @@ from torchvision import transforms
 
 from cifarbench.augmentation import BatchMix, FlipCrop
 from cifarbench.config import config_dir
-from cifarbench.data import Batches, Normalize, Split, load_cifar10
+from cifarbench.data import Batches, Normalize, Split, load_data
 from cifarbench.data.normalize import MEAN_STD
 from cifarbench.models import build_model
 from cifarbench.precision import choose
@@ -276,7 +276,8 @@ def main() -> None:
             f"--batch-size ({args.batch_size}) and --data-batch-size ({args.data_batch_size})"
         )
 
-    train = load_cifar10(OmegaConf.create({"root": args.data_root, "source": None, "download": False}))["train"]
+    data_cfg = {"name": "cifar10", "root": args.data_root, "source": None, "download": False}
+    train = load_data(OmegaConf.create(data_cfg)).splits["train"]
     images = train.images[: args.images].clone()
     labels = train.labels[: args.images].clone()
     images_hwc = images.permute(0, 2, 3, 1).contiguous().numpy()

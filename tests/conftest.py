@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from filelock import FileLock
 
-from cifarbench.data.cache import CACHE_FILE
+from cifarbench.data.cache import cache_path
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
@@ -63,7 +63,7 @@ def data_root(shared_archive: Path, tmp_path_factory: pytest.TempPathFactory) ->
         session_dir = session_dir.parent  # the workers' common base directory
     root = session_dir / "data"
     with FileLock(session_dir / "data.lock"):
-        if not (root / CACHE_FILE).is_file():
+        if not cache_path(root).is_file():
             root.mkdir(exist_ok=True)
             cli("data", "import", str(shared_archive), "--root", str(root), cwd=root)
     return root

@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from cifarbench.data import Normalize, import_data, make_splits
+from cifarbench.data import CIFAR10, Normalize, import_data, make_splits
 from cifarbench.data.cache import cache_path, read_cache
-from cifarbench.data.sources import CLASSES, RawSplit, load_source
+from cifarbench.data.sources import CIFAR10_CLASSES, RawSplit, load_source
 from cifarbench.errors import UserError
 
 
@@ -20,7 +20,7 @@ def make_image_folder(root: Path, per_class: dict[str, int], size=(32, 32), mode
     """train/<class>/<i>.png with a distinct colour per image; returns the expected pixels by path."""
     expected = {}
     for split, count in per_class.items():
-        for label, cls in enumerate(CLASSES):
+        for label, cls in enumerate(CIFAR10_CLASSES):
             folder = root / split / cls
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(count):
@@ -64,16 +64,16 @@ def test_import_each_layout(tiny_tree: Path, tmp_path: Path, kind: str) -> None:
         with zipfile.ZipFile(source, "w") as zf:
             for file in tiny_tree.rglob("*.png"):
                 zf.write(file, file.relative_to(tiny_tree).as_posix())
-    check_tiny(load_source(source))
+    check_tiny(load_source(source).splits)
 
 
 def test_import_writes_a_cache_that_loads_back(tiny_tree: Path, tmp_path: Path) -> None:
     path, summary = import_data(tiny_tree, tmp_path / "root")
     assert path == cache_path(tmp_path / "root")
     assert "train: 30 images (3 per class)" in summary
-    splits, why = read_cache(tmp_path / "root")
-    assert why == ""
-    check_tiny(splits)
+    raw, why = read_cache(path)
+    assert why == "" and raw.name == "cifar10" and raw.classes == CIFAR10_CLASSES
+    check_tiny(raw.splits)
 
 
 def test_corrupt_cache_is_detected_not_trusted(tiny_tree: Path, tmp_path: Path) -> None:
@@ -81,10 +81,10 @@ def test_corrupt_cache_is_detected_not_trusted(tiny_tree: Path, tmp_path: Path) 
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF  # flip a byte in the middle of the tensors
     path.write_bytes(bytes(data))
-    splits, why = read_cache(tmp_path / "root")
-    assert splits is None and "corrupt" in why
+    raw, why = read_cache(path)
+    assert raw is None and "corrupt" in why
     path.write_bytes(b"not a checkpoint")
-    assert read_cache(tmp_path / "root")[0] is None
+    assert read_cache(path)[0] is None
 
 
 def test_missing_class_is_named(tmp_path: Path) -> None:
@@ -122,7 +122,9 @@ def synthetic_raw(per_class_train: int = 50, per_class_test: int = 20) -> dict[s
 
 def test_subsets_are_class_balanced_and_disjoint_from_val() -> None:
     raw = synthetic_raw()
-    splits = make_splits(raw, val_size=100, train_subset=200, test_subset=50, seed=0, device=torch.device("cpu"))
+    splits = make_splits(
+        raw, CIFAR10, val_size=100, train_subset=200, test_subset=50, seed=0, device=torch.device("cpu")
+    )
     assert torch.bincount(splits.val.labels, minlength=10).tolist() == [10] * 10
     assert torch.bincount(splits.train.labels, minlength=10).tolist() == [20] * 10
     assert torch.bincount(splits.test.labels, minlength=10).tolist() == [5] * 10
@@ -135,16 +137,16 @@ def test_subsets_are_class_balanced_and_disjoint_from_val() -> None:
 def test_split_is_fixed_by_seed() -> None:
     raw = synthetic_raw()
     cpu = torch.device("cpu")
-    a = make_splits(raw, 100, None, None, seed=1, device=cpu)
-    b = make_splits(raw, 100, None, None, seed=1, device=cpu)
-    c = make_splits(raw, 100, None, None, seed=2, device=cpu)
+    a = make_splits(raw, CIFAR10, 100, None, None, seed=1, device=cpu)
+    b = make_splits(raw, CIFAR10, 100, None, None, seed=1, device=cpu)
+    c = make_splits(raw, CIFAR10, 100, None, None, seed=2, device=cpu)
     assert torch.equal(a.val.images, b.val.images) and torch.equal(a.train.images, b.train.images)
     assert not torch.equal(a.val.images, c.val.images)
     assert len(a.train) == 400  # the validation images left the training set
 
 
 def test_val_size_zero_validates_on_test() -> None:
-    splits = make_splits(synthetic_raw(), 0, None, None, seed=0, device=torch.device("cpu"))
+    splits = make_splits(synthetic_raw(), CIFAR10, 0, None, None, seed=0, device=torch.device("cpu"))
     assert splits.val_is_test and splits.val is splits.test and len(splits.train) == 500
 
 
@@ -159,7 +161,7 @@ def test_val_size_zero_validates_on_test() -> None:
 def test_impossible_sizes_are_refused(kwargs: dict, message: str) -> None:
     args = {"val_size": 100, "train_subset": None, "test_subset": None, **kwargs}
     with pytest.raises(UserError, match=message):
-        make_splits(synthetic_raw(), seed=0, device=torch.device("cpu"), **args)
+        make_splits(synthetic_raw(), CIFAR10, seed=0, device=torch.device("cpu"), **args)
 
 
 @pytest.mark.parametrize(
@@ -183,7 +185,7 @@ def test_cifar10_normalisation_is_per_channel() -> None:
 
 
 def test_unknown_normalisation_lists_choices() -> None:
-    with pytest.raises(UserError, match="choose one of cifar10, half, unit"):
+    with pytest.raises(UserError, match="choose one of cifar10, dataset, half, unit"):
         Normalize("imagenet", torch.device("cpu"))
 
 

@@ -108,17 +108,17 @@ def test_a_full_disk_when_writing_a_report_is_one_line(
 def test_a_full_disk_when_importing_data_keeps_the_cache_it_had(
     data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
-    from cifarbench.data.cache import CACHE_FILE
+    from cifarbench.data.cache import cache_path
 
     root = tmp_path / "data"
     shutil.copytree(data_root, root)
-    before = (root / CACHE_FILE).stat().st_mtime_ns
-    fail_writes_to(monkeypatch, Path(CACHE_FILE).name)
+    before = cache_path(root).stat().st_mtime_ns
+    fail_writes_to(monkeypatch, cache_path(root).name)
     shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.tar.gz"
     assert main(["data", "import", str(shared), "--root", str(root)]) == 1
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 1 and "disk full: could not write" in lines[0], lines
-    assert (root / CACHE_FILE).stat().st_mtime_ns == before and not list(root.rglob("*.tmp"))
+    assert cache_path(root).stat().st_mtime_ns == before and not list(root.rglob("*.tmp"))
 
 
 def test_a_full_disk_when_writing_predictions_is_one_line(

@@ -13,9 +13,9 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
-from cifarbench.data import load_cifar10
+from cifarbench.data import load_data
 from cifarbench.data.cache import cache_path, read_cache
-from cifarbench.data.sources import load_source
+from cifarbench.data.sources import describe, load_source
 from cifarbench.errors import UserError
 from conftest import SMOKE, cli
 from test_data import make_image_folder, tar_folder
@@ -43,7 +43,7 @@ BAD_CONFIGS = [
     (["epochs2=3"], "Could not override 'epochs2'. Unknown key; to add a new key use +epochs2=3"),
     (
         ["data.val_size=55"],
-        "data.val_size=55 is not allowed: data.val_size must be an integer >= 0 and a multiple of 10",
+        "data.val_size=55 is not allowed: data.val_size must be an integer >= 0 and a multiple of 10 (class-balanced",
     ),
     (["data.train_subset=15"], "data.train_subset=15 is not allowed"),
     (["device=gpu"], "device='gpu' is not allowed: device must be one of auto, cpu, cuda, mps"),
@@ -146,7 +146,7 @@ def test_problems_found_after_loading_are_one_line_too(
         (["model=kerascnn", "model.dense=-5"], "model (cifarbench.models.kerascnn.KerasCNN) cannot be built with"),
         (["augmentation=translate", "augmentation.padding=-2"], "augmentation.padding=-2 is refused: it fails on a"),
         (["model=kerascnn", "model.widths=[32,0,128]"], "model.widths=[32, 0, 128] is refused: it fails on a batch"),
-        (["model=kerascnn", "model.num_classes=5"], "gives (5,) outputs per image, and the data has 10 classes"),
+        (["model=kerascnn", "+model.num_classes=5"], "model.num_classes=5 does not match the data's 10 classes"),
     ],
     ids=["step_size", "eta_min", "betas", "pct_start", "plateau_factor", "model_target", "padding", "width", "classes"],
 )
@@ -173,11 +173,14 @@ def test_image_that_does_not_decode_is_named(tmp_path: Path) -> None:
         load_source(tmp_path / "tree")
 
 
-def test_grayscale_image_is_named(tmp_path: Path) -> None:
+def test_grayscale_and_palette_images_are_converted_and_counted(tmp_path: Path) -> None:
     make_image_folder(tmp_path / "tree", {"train": 1, "test": 1})
-    Image.new("L", (32, 32)).save(tmp_path / "tree" / "train" / "ship" / "0000.png")
-    with pytest.raises(UserError, match=r"train/ship/0000.png is 32x32 L; CIFAR-10 images must be 32x32 RGB"):
-        load_source(tmp_path / "tree")
+    Image.new("L", (32, 32), 77).save(tmp_path / "tree" / "train" / "ship" / "0000.png")
+    Image.new("P", (32, 32)).save(tmp_path / "tree" / "test" / "cat" / "0000.png")
+    raw = load_source(tmp_path / "tree")
+    assert raw.converted == {"L": 1, "P": 1}
+    assert raw.splits["train"].images[8].unique().tolist() == [77]  # grey 77 in each of R, G and B
+    assert "converted to RGB: 1 L, 1 P" in describe(raw)
 
 
 def test_missing_split_is_named(tmp_path: Path) -> None:
@@ -192,7 +195,8 @@ def test_eleven_classes_is_a_class_count_mismatch(tmp_path: Path) -> None:
     (tmp_path / "tree" / "train" / "zebra").mkdir()
     Image.new("RGB", (32, 32)).save(tmp_path / "tree" / "train" / "zebra" / "0.png")
     with pytest.raises(UserError, match=r"split 'train' has 11 class folders.*unexpected: \['zebra'\]"):
-        load_source(tmp_path / "tree")
+        load_source(tmp_path / "tree", "cifar10")
+    assert load_source(tmp_path / "tree").name == "folder"  # not CIFAR-10: a data set of its own
 
 
 def test_corrupt_archive_through_the_cli(tmp_path: Path) -> None:
@@ -215,7 +219,7 @@ def test_corrupt_or_stale_cache_is_rebuilt_not_trusted(tmp_path: Path, damage: s
     make_image_folder(tmp_path / "tree", {"train": 2, "test": 1})
     root = tmp_path / "root"
     data_cfg = OmegaConf.create({"root": str(root), "source": str(tmp_path / "tree"), "download": False})
-    good = load_cifar10(data_cfg)["train"].images.clone()  # the cache is memory-mapped: copy before damaging it
+    good = load_data(data_cfg).splits["train"].images.clone()  # the cache is memory-mapped: copy before damaging it
     path = cache_path(root)
     if damage == "flip a byte":
         raw = bytearray(path.read_bytes())
@@ -227,11 +231,11 @@ def test_corrupt_or_stale_cache_is_rebuilt_not_trusted(tmp_path: Path, damage: s
         payload = torch.load(path, weights_only=True)
         payload["format"] = 0
         torch.save(payload, path)
-    assert read_cache(root)[0] is None
-    rebuilt = load_cifar10(data_cfg)
+    assert read_cache(path)[0] is None
+    rebuilt = load_data(data_cfg).splits
     assert "data cache unusable" in caplog.text and "rebuilding it" in caplog.text
     assert torch.equal(rebuilt["train"].images, good)
-    assert read_cache(root)[0] is not None
+    assert read_cache(path)[0] is not None
 
 
 # --- interruptions, resume, determinism --------------------------------------------------------

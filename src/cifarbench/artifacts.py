@@ -21,10 +21,13 @@ from sklearn.metrics import (
     classification_report,
     confusion_matrix,
     precision_recall_fscore_support,
+    top_k_accuracy_score,
 )
 
 from cifarbench.files import save_figure, write_csv, write_text_atomic
 
+TOP5_FROM = 11  # classes from which top-5 accuracy is recorded (CIFAR-100, folders of many classes)
+MAX_NUMBERED_CELLS = 20  # classes up to which the confusion matrix figure prints each cell's number
 HISTORY_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "train_seconds", "seconds")
 
 
@@ -55,10 +58,14 @@ def run_metrics(history: list[dict], test, classes: tuple[str, ...], extra: dict
 
 
 def classification_metrics(test, classes: tuple[str, ...]) -> dict[str, Any]:
-    """Loss, accuracy, error and scikit-learn's precision/recall/F1 (macro, weighted, per class)."""
+    """Loss, accuracy, error and scikit-learn's precision/recall/F1 (macro, weighted, per class);
+    top-5 accuracy too from 11 classes on."""
     y_true, y_pred = test.labels.numpy(), test.predictions.numpy()
     labels = list(range(len(classes)))
     metrics: dict[str, Any] = {"loss": test.loss, "accuracy": test.accuracy, "error": 100.0 - test.accuracy}
+    if len(classes) >= TOP5_FROM:
+        scores = test.probabilities.double().numpy()
+        metrics["top5_accuracy"] = 100.0 * top_k_accuracy_score(y_true, scores, k=5, labels=labels)
     for average in ("macro", "weighted"):
         p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, labels=labels, average=average, zero_division=0)
         metrics.update({f"precision_{average}": p, f"recall_{average}": r, f"f1_{average}": f})
@@ -91,11 +98,21 @@ def write_confusion_matrix(run_dir: Path, matrix: np.ndarray, classes: tuple[str
     write_csv(run_dir / "confusion_matrix.csv", ["true \\ predicted", *classes], rows)
     row_sums = matrix.sum(axis=1, keepdims=True)
     normalised = np.divide(matrix, row_sums, out=np.zeros(matrix.shape), where=row_sums > 0)
-    fig, axes = plt.subplots(1, 2, figsize=(17, 7))
+    # up to 20 classes each cell shows its number; beyond, colours alone (the numbers are in the CSV)
+    numbered = len(classes) <= MAX_NUMBERED_CELLS
+    side = 7 if numbered else min(24, 4 + 0.16 * len(classes))
+    fig, axes = plt.subplots(1, 2, figsize=(2.4 * side + 0.2, side))
     for ax, data, title, fmt in ((axes[0], matrix, "counts", "d"), (axes[1], normalised, "row-normalised", ".2f")):
         ConfusionMatrixDisplay(data, display_labels=list(classes)).plot(
-            ax=ax, cmap="Blues", values_format=fmt, colorbar=False, xticks_rotation=45
+            ax=ax,
+            cmap="Blues",
+            values_format=fmt,
+            colorbar=not numbered,
+            xticks_rotation=90 if not numbered else 45,
+            include_values=numbered,
         )
+        if not numbered:
+            ax.tick_params(labelsize=max(3, 9 - len(classes) // 20))
         ax.set_title(f"Confusion matrix ({title})")
     fig.tight_layout()
     save_figure(fig, run_dir / "confusion_matrix.png", dpi=100)

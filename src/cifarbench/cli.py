@@ -117,11 +117,29 @@ def resume_overrides(run_dir: Path, overrides: list[str]) -> list[str]:
 
 
 def data_command(args: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="cifarbench data", description="Manage the CIFAR-10 data cache.")
+    parser = argparse.ArgumentParser(prog="cifarbench data", description="Manage the data caches.")
     sub = parser.add_subparsers(dest="action", required=True)
-    imp = sub.add_parser("import", help="decode a copy of CIFAR-10 once into the uint8 cache")
+    imp = sub.add_parser("import", help="decode a copy of a data set once into its uint8 cache")
     imp.add_argument(
-        "path", type=Path, help="archive (.tar.gz/.tgz/.tar/.zip), image-folder tree or cifar-10-batches-py"
+        "path",
+        type=Path,
+        help="cifar-10-python.tar.gz, cifar-100-python.tar.gz (or their extracted folders), or an image-folder "
+        "tree or archive (.tar.gz/.tgz/.tar/.zip): train/<class>/* and test/<class>/*, or <class>/*",
+    )
+    imp.add_argument(
+        "--as",
+        dest="dataset",
+        choices=("auto", "cifar10", "cifar100", "folder"),
+        default="auto",
+        help="what it is (default auto: the official archives for what they are; a tree with CIFAR-10's ten "
+        "classes as cifar10; any other tree as folder, for data=folder data.source=PATH)",
+    )
+    imp.add_argument("--image-size", type=int, default=32, help="folder: the side images are resized to (default 32)")
+    imp.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.2,
+        help="folder, one tree without train/ and test/: the fraction of each class tested on (default 0.2)",
     )
     imp.add_argument(
         "--root",
@@ -130,9 +148,13 @@ def data_command(args: list[str]) -> int:
         help="data root (default: $CIFARBENCH_DATA or ./data), as data.root in the config",
     )
     ns = parser.parse_args(args)
+    if not 8 <= ns.image_size <= 1024:
+        raise UserError(f"--image-size {ns.image_size} is not allowed: it must be an integer in [8, 1024]")
+    if not 0 < ns.test_fraction < 1:
+        raise UserError(f"--test-fraction {ns.test_fraction} is not allowed: it must be a number in (0, 1)")
     from cifarbench.data import import_data
 
-    path, summary = import_data(ns.path, ns.root)
+    path, summary = import_data(ns.path, ns.root, ns.dataset, ns.image_size, ns.test_fraction)
     print(f"imported {ns.path} -> {path}: {summary}")
     return 0
 
@@ -181,17 +203,54 @@ def evaluate_command(args: list[str]) -> int:
 
 
 def predict_command(args: list[str]) -> int:
-    from cifarbench.inference import predict
-
-    parser = argparse.ArgumentParser(prog="cifarbench predict", description="Classify your own images.")
-    parser.add_argument("run_dir", type=Path)
-    parser.add_argument("images", nargs="+", type=Path, help="PNG/JPEG files of any size (resized to 32x32)")
+    parser = argparse.ArgumentParser(
+        prog="cifarbench predict",
+        description="Classify your own images with a run (RUN_DIR IMAGE...) or an exported model (--onnx FILE "
+        "IMAGE...).",
+    )
+    parser.add_argument(
+        "paths",
+        nargs="+",
+        type=Path,
+        metavar="RUN_DIR IMAGE",
+        help="a run directory, then PNG/JPEG files of any size (resized as the run's data was at import)",
+    )
+    parser.add_argument("--onnx", type=Path, help="an exported model (cifarbench export): run by onnxruntime, no torch")
     parser.add_argument("--output", type=Path, default=Path("predictions.csv"))
     parser.add_argument("--checkpoint", default="auto", choices=["auto", "best", "last"])
     ns = parser.parse_args(args)
-    for result in predict(ns.run_dir, ns.images, ns.output, ns.checkpoint):
+    if ns.onnx is not None:
+        from cifarbench.predict import predict_onnx
+
+        results = predict_onnx(ns.onnx, ns.paths, ns.output)
+    else:
+        from cifarbench.inference import predict_run
+
+        results = predict_run(ns.paths[0], ns.paths[1:], ns.output, ns.checkpoint)
+    for result in results:
         print(f"{result['image']}: " + ", ".join(f"{name} {p:.1%}" for name, p in result["top"]))
     print(f"wrote {ns.output}")
+    return 0
+
+
+def export_command(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="cifarbench export",
+        description="Write a run's tested model for other programs into RUN_DIR/export/: ONNX (normalisation "
+        "inside, float images in [0, 1], NCHW, any batch) or safetensors weights with a JSON of what they are.",
+    )
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--format", default="onnx", choices=["onnx", "safetensors"])
+    parser.add_argument(
+        "--checkpoint", default="auto", choices=["auto", "best", "last"], help="auto: the weights the run tested with"
+    )
+    ns = parser.parse_args(args)
+    from cifarbench.export import export_run
+
+    exported = export_run(ns.run_dir, ns.format, ns.checkpoint)
+    for path in exported.files:
+        print(f"wrote {path}")
+    print(exported.summary())
     return 0
 
 
@@ -240,11 +299,18 @@ class Command:
 
 COMMANDS = {
     "train": Command(train, "train a model (Hydra overrides; -m for a sweep)"),
-    "data": Command(data_command, "data import PATH: decode a CIFAR-10 copy once into the data cache"),
+    "data": Command(
+        data_command, "data import PATH: decode a copy of CIFAR-10, CIFAR-100 or an image folder once into its cache"
+    ),
     "models": Command(models_command, "list every model with its parameter counts (and the reports' counts)"),
     "report": Command(report_command, "report PATH... [--out DIR]: comparison table, overlaid curves, one HTML page"),
     "evaluate": Command(evaluate_command, "evaluate RUN_DIR: reload the tested weights and re-evaluate the test set"),
-    "predict": Command(predict_command, "predict RUN_DIR IMAGE...: top-3 classes for your own images, predictions.csv"),
+    "predict": Command(
+        predict_command, "predict RUN_DIR IMAGE... (or --onnx FILE IMAGE...): top-3 classes of your images"
+    ),
+    "export": Command(
+        export_command, "export RUN_DIR [--format onnx|safetensors]: the tested model for other programs"
+    ),
     "runs": Command(
         runs_command, "runs [PATH]: list runs newest first (date, name, model, overrides, status, accuracy)"
     ),

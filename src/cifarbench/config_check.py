@@ -21,10 +21,12 @@ from omegaconf.errors import OmegaConfBaseException
 from cifarbench.config import GROUPS, config_dir, group_options, register_resolvers
 from cifarbench.errors import UserError, import_extra, show
 from cifarbench.options import (
+    DATASETS,
     DEVICES,
     DROPOUT_SCOPES,
     FLIPS,
     INITS,
+    LABELS,
     MONITORS,
     NORMALIZATIONS,
     PADDING_MODES,
@@ -34,7 +36,7 @@ from cifarbench.options import (
 )
 from cifarbench.search.space import checked_space, interval_ends, is_search, require_optuna, sweeper_params
 
-NUM_CLASSES = 10
+KNOWN_CLASS_COUNTS = {("cifar10", "fine"): 10, ("cifar100", "fine"): 100, ("cifar100", "coarse"): 20}
 MAX_EPOCHS = 10_000  # a typo's bound (epochs=1e9 would plan a billion epochs before failing)
 MAX_THREADS = 1024
 TEXT_KEYS = ("name", "output_root", "resume", "data.root", "data.source")  # name=nan names a folder "nan"
@@ -102,18 +104,17 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "optimizer.norm_lr_scale": (lambda v: _is_number(v) and v > 0, "a number > 0"),
     "augmentation.flip": one_of(FLIPS),
     "augmentation.padding_mode": one_of(PADDING_MODES),
+    # class-balanced sizes are multiples of the class count, which is known once the data is (data.splits)
     "data.val_size": (
-        lambda v: _is_int(v) and v >= 0 and v % NUM_CLASSES == 0,
-        f"an integer >= 0 and a multiple of {NUM_CLASSES} (class-balanced)",
+        lambda v: (_is_int(v) and v >= 0) or (isinstance(v, float) and 0 < v < 1),
+        "an integer >= 0 (a class-balanced count) or a number in (0, 1) (a fraction of the training images)",
     ),
-    "data.train_subset": (
-        lambda v: v is None or (_is_int(v) and v >= NUM_CLASSES and v % NUM_CLASSES == 0),
-        f"null or a positive multiple of {NUM_CLASSES} (class-balanced)",
-    ),
-    "data.test_subset": (
-        lambda v: v is None or (_is_int(v) and v >= NUM_CLASSES and v % NUM_CLASSES == 0),
-        f"null or a positive multiple of {NUM_CLASSES} (class-balanced)",
-    ),
+    "data.train_subset": (lambda v: v is None or (_is_int(v) and v >= 1), "null or an integer >= 1 (class-balanced)"),
+    "data.test_subset": (lambda v: v is None or (_is_int(v) and v >= 1), "null or an integer >= 1 (class-balanced)"),
+    "data.name": one_of(DATASETS),
+    "data.labels": one_of(LABELS),
+    "data.image_size": (lambda v: _is_int(v) and 8 <= v <= 1024, "an integer in [8, 1024]"),
+    "data.test_fraction": (lambda v: _is_number(v) and 0 < v < 1, "a number in (0, 1)"),
     "data.normalization": one_of(NORMALIZATIONS),
 }
 
@@ -126,6 +127,7 @@ def check_config(cfg: DictConfig) -> None:
         if not test(value):
             raise UserError(f"{key}={value!r} is not allowed: {key} must be {allowed}")
     check_finite(cfg)  # after the rules, which say more about their own keys
+    check_dataset(cfg)
     check_test_set_is_read_once(cfg)
     check_sparse_validation(cfg)
 
@@ -166,6 +168,38 @@ def check_sparse_validation(cfg: DictConfig) -> None:
             f"validate_every={shown} is refused with scheduler=plateau, which steps on each epoch's "
             "validation loss; use validate_every=1"
         )
+
+
+def check_dataset(cfg: DictConfig) -> None:
+    """A report's preset is for the report's data set; data=folder needs its source."""
+    name = OmegaConf.select(cfg, "data.name", default="cifar10")
+    datasets = OmegaConf.select(cfg, "datasets")
+    if datasets and name not in datasets:
+        preset = OmegaConf.select(cfg, "name", default="this preset")
+        raise UserError(
+            f"data={name} is refused with {preset}: it reproduces a report on {', '.join(datasets)}, whose figures "
+            "say nothing of another data set; for other data use experiment=fast, modern_recipe or best_improved, "
+            "or no preset"
+        )
+    if name == "folder" and not OmegaConf.select(cfg, "data.source"):
+        raise UserError(
+            "data=folder needs data.source=PATH: an image-folder tree or archive (train/<class>/*, or <class>/*)"
+        )
+    labels = OmegaConf.select(cfg, "data.labels", default="fine")
+    if labels == "coarse" and name != "cifar100":
+        raise UserError(
+            f"data.labels=coarse is refused with data={name}: only cifar100 has coarse labels (its 20 superclasses)"
+        )
+    classes = KNOWN_CLASS_COUNTS.get((name, labels))  # a folder's is known once it is read (data.splits)
+    for key in ("val_size", "train_subset", "test_subset"):
+        value = OmegaConf.select(cfg, f"data.{key}")
+        if classes and _is_int(value) and value % classes:
+            what = "an integer >= 0" if key == "val_size" else "null or an integer"
+            raise UserError(
+                f"data.{key}={value} is not allowed: data.{key} must be {what} and a multiple of {classes} "
+                f"(class-balanced over {name}'s {classes} classes)"
+                + (" or a fraction in (0, 1)" if key == "val_size" else "")
+            )
 
 
 def check_test_set_is_read_once(cfg: DictConfig) -> None:

@@ -12,16 +12,15 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
-from PIL import Image
 from torch import nn
 
 from cifarbench import record
-from cifarbench.data import CLASSES, Normalize, Split, splits_for
+from cifarbench.data import DataInfo, Normalize, Split, splits_for
 from cifarbench.errors import UserError
 from cifarbench.evaluation import evaluate
-from cifarbench.files import write_csv
 from cifarbench.models import build_model
 from cifarbench.precision import recorded_precision
+from cifarbench.predict import read_image, top_classes
 from cifarbench.runtime import Precision, select_device
 from cifarbench.state import load_checkpoint, weights_to_test
 
@@ -34,6 +33,14 @@ class LoadedRun:
     which: str  # best | last
     history: list[dict]
     precision: Precision  # the one the run trained and tested in (precision.recorded_precision)
+    data: DataInfo  # its classes, statistics and image size (CIFAR-10 for runs from before the record)
+
+    def normalize(self) -> Normalize:
+        """The run's normalisation, on the model's device and memory format."""
+        device = next(self.model.parameters()).device
+        return Normalize(
+            self.config["data"]["normalization"], device, self.config.get("channels_last", True), self.data
+        )
 
 
 def load_trained(run_dir: Path, which: str = "auto", device: torch.device | None = None) -> LoadedRun:
@@ -51,7 +58,8 @@ def load_trained(run_dir: Path, which: str = "auto", device: torch.device | None
     model_cfg = OmegaConf.create(config["model"])
     if "weights" in model_cfg:
         model_cfg.weights = "none"  # every weight comes from the checkpoint: nothing to download
-    model = build_model(model_cfg)
+    data = DataInfo.from_record(checkpoint.get("data") or record.read(run_dir).get("data"))
+    model = build_model(model_cfg, data.num_classes, data.image_size)
     try:
         model.load_state_dict(weights_to_test(checkpoint, which))
     except RuntimeError as exc:
@@ -61,7 +69,7 @@ def load_trained(run_dir: Path, which: str = "auto", device: torch.device | None
     if config.get("channels_last"):
         model = model.to(memory_format=torch.channels_last)
     precision = recorded_precision(checkpoint, device, record.read(run_dir).get("precision"))
-    return LoadedRun(model, config, path, which, checkpoint["history"], precision)
+    return LoadedRun(model, config, path, which, checkpoint["history"], precision, data)
 
 
 def evaluate_run(run_dir: Path, which: str = "auto") -> dict:
@@ -84,43 +92,18 @@ def final_test_setting(loaded: LoadedRun) -> tuple[DictConfig, Split, Normalize,
     final test's setting, for re-evaluating it or for reading it later (a search's best trial)."""
     cfg = OmegaConf.create(loaded.config)
     device = next(loaded.model.parameters()).device
-    return (
-        cfg,
-        splits_for(cfg, device).test,
-        Normalize(cfg.data.normalization, device, cfg.channels_last),
-        loaded.precision,
-    )
-
-
-def read_image(path: Path) -> torch.Tensor:
-    """Any PNG/JPEG, any size -> uint8 (3, 32, 32), resized with antialiasing as CIFAR-10 was."""
-    try:
-        with Image.open(path) as image:
-            rgb = image.convert("RGB").resize((32, 32), Image.Resampling.BILINEAR, reducing_gap=None)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{path}: cannot read this image ({exc})") from None
-    return torch.from_numpy(np.array(rgb)).permute(2, 0, 1)
+    return cfg, splits_for(cfg, device).test, loaded.normalize(), loaded.precision
 
 
 @torch.no_grad()
-def predict(run_dir: Path, images: list[Path], output: Path, which: str = "auto", top: int = 3) -> list[dict]:
+def predict_run(run_dir: Path, images: list[Path], output: Path, which: str = "auto", top: int = 3) -> list[dict]:
+    """`cifarbench predict RUN_DIR IMAGE...`: the run's model in torch, under its recorded precision."""
     if not images:
         raise UserError("no images given; usage: cifarbench predict RUN_DIR IMAGE [IMAGE ...]")
     loaded = load_trained(run_dir, which)
     device = next(loaded.model.parameters()).device
-    cfg = loaded.config
-    normalize = Normalize(cfg["data"]["normalization"], device, cfg.get("channels_last", True))
-    batch = torch.stack([read_image(path) for path in images]).to(device)
+    pixels = np.stack([read_image(path, loaded.data.image_size) for path in images])
     with loaded.precision.autocast():  # as the run trained and tested: its recorded precision
-        logits = loaded.model(normalize(batch))
-    probabilities = logits.float().softmax(1).cpu()
-    results = []
-    for path, probs in zip(images, probabilities, strict=True):
-        values, indices = probs.topk(top)
-        results.append(
-            {"image": str(path), "top": [(CLASSES[i], float(v)) for v, i in zip(values, indices, strict=True)]}
-        )
-    headers = ["image", *(f"{kind}{k}" for k in range(1, top + 1) for kind in ("class", "prob"))]
-    rows = [[r["image"], *(x for pair in r["top"] for x in (pair[0], f"{pair[1]:.4f}"))] for r in results]
-    write_csv(output, headers, rows)
-    return results
+        logits = loaded.model(loaded.normalize()(torch.from_numpy(pixels).to(device)))
+    probabilities = logits.float().softmax(1).cpu().numpy()
+    return top_classes(images, probabilities, loaded.data.classes, output, top)

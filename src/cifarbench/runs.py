@@ -62,6 +62,18 @@ class Run:
         )
 
     @property
+    def dataset(self) -> str:
+        """What it trained on: cifar10 (also every run from before other data sets), cifar100, with
+        `(coarse)` for its superclasses, or folder:<the source's name>."""
+        data = self.metrics.get("data") or {}
+        configured = self.config.get("data") or {}
+        name = data.get("name") or configured.get("name") or "cifar10"
+        if name == "folder":
+            return f"folder:{Path(str(data.get('source') or configured.get('source') or '')).name}"
+        labels = data.get("labels") or configured.get("labels") or "fine"
+        return name if labels == "fine" else f"{name} ({labels})"
+
+    @property
     def pretrained(self) -> bool:
         weights = self.config.get("model", {}).get("weights")
         return weights not in (None, "none")
@@ -96,9 +108,12 @@ class Run:
         comparable]}; `loss` is the report's test loss where it gives one, `comparable: false` marks a
         figure that is not a measurement of this recipe, its note saying why): the
         preset's `reported`, or the cell of it whose `when` the run's config matches (e.g. one
-        cell of 004's Table 2 for a job of the grid sweep). None where the report gives none.
+        cell of 004's Table 2 for a job of the grid sweep). None where the report gives none, and for
+        a run on another data set than CIFAR-10, which every reported figure is about.
         It is a fact about the report, so the preset as it is now has the last word (a note or a
         correction added after the run); the run's own saved copy is used when the preset is gone."""
+        if self.dataset != "cifar10":
+            return None
         reported = preset_reported(self.choices.get("search"), self.choices.get("experiment"))
         if reported is NO_PRESET:
             reported = self.config.get("reported")
@@ -144,14 +159,15 @@ class Run:
         The preset is part of it: it names the experiment, and so the report figure a run is held
         against (r004_kerascnn and the grid's cell of r004_table2 train the same config)."""
         config = {k: v for k, v in flatten(self.config).items() if not _seed_or_location(k)}
-        return json.dumps({"preset": self.preset, **config}, sort_keys=True, default=str)
+        return json.dumps({"preset": self.preset, "dataset": self.dataset, **config}, sort_keys=True, default=str)
 
     @property
     def label(self) -> str:
         """A short name of the recipe: the preset (or run name) and its overrides, seeds aside."""
         overrides = [o for o in self.key_overrides if not _seed_or_location(o.lstrip("+~").split("=", 1)[0])]
         overrides = [_short_override(o) for o in overrides if not o.startswith(("experiment=", "name="))]
-        return " ".join([str(self.preset or self.config.get("name", self.model)), *overrides])
+        folder = [f"({self.dataset})"] if self.dataset.startswith("folder:") else []  # its source is not an override
+        return " ".join([str(self.preset or self.config.get("name", self.model)), *overrides, *folder])
 
 
 def short_number(value: Any) -> Any:

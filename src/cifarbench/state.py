@@ -179,6 +179,7 @@ class TrainingState:
     generators: Generators
     config: dict[str, Any]
     precision: dict[str, Any] | None = None  # precision.Choice.record(): what the run trains in, and why
+    data: dict[str, Any] | None = None  # data.DataInfo.record(): its classes, statistics and image size
     ema: AveragedModel | None = None
     lookahead: Lookahead | None = None
     history: list[dict] = field(default_factory=list)
@@ -226,6 +227,7 @@ class TrainingState:
             "epoch": self.epoch,
             "config": self.config,
             "precision": self.precision,
+            "data": self.data,
             "history": list(self.history),
             **self.weights(),
             "lookahead": self.lookahead.state_dict() if self.lookahead is not None else None,
@@ -277,6 +279,7 @@ class TrainingState:
                 "format": FORMAT,
                 "epoch": self.tracker.best_epoch,
                 "config": self.config,
+                "data": self.data,
                 "model": self.best_weights,
             }
             save_checkpoint(folder / "best.pt", best)

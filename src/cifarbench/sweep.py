@@ -53,8 +53,10 @@ def write_summary(sweep_dir: Path) -> list[Run]:
     headers = [
         "job",
         *swept,
+        "dataset",
         "status",
         "test_acc",
+        "top5_acc",
         "test_loss",
         "test_error",
         "f1_macro",
@@ -69,8 +71,10 @@ def write_summary(sweep_dir: Path) -> list[Run]:
             [
                 run.path.name,
                 *(job_values.get(k) for k in swept),
+                run.dataset,
                 run.status,
                 test.get("accuracy"),
+                test.get("top5_accuracy"),  # recorded from 11 classes on
                 test.get("loss"),
                 test.get("error"),
                 test.get("f1_macro"),

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from cifarbench import artifacts, distributed, record
 from cifarbench.augmentation import BatchMix
 from cifarbench.config import building, instantiate
-from cifarbench.data import CLASSES, Batches, DataSplits, Normalize, Split, splits_for
+from cifarbench.data import Batches, DataInfo, DataSplits, Normalize, Split, splits_for
 from cifarbench.distributed import SINGLE_PROCESS, World, all_reduce_sum, any_rank
 from cifarbench.errors import Diverged, Interrupted, OutOfSpace, TrainingStopped, UserError
 from cifarbench.evaluation import EvalResult, evaluate, evaluate_test_set
@@ -173,10 +173,10 @@ def fit(
     started = datetime.now()
     world, device = set_up_process(cfg)
     splits = load_splits(cfg, device)
-    normalize = Normalize(cfg.data.normalization, device, cfg.channels_last)
-    model, forward = build_network(cfg, splits.train, normalize, device, world)
+    normalize = Normalize(cfg.data.normalization, device, cfg.channels_last, splits.info)
+    model, forward = build_network(cfg, splits.train, splits.info, normalize, device, world)
     runtime = Runtime(world, device, decide_precision(cfg, model, splits.train, normalize, device, world, resume))
-    state, step, batches = build_training(cfg, model, forward, splits.train, normalize, runtime)
+    state, step, batches = build_training(cfg, model, forward, splits, normalize, runtime)
     if resume is not None:
         restore(state, resume, run_dir)
     main = runtime.world.is_main
@@ -189,7 +189,9 @@ def fit(
         test, tic = None, time.perf_counter()
         if read_test_set:
             test = final_test(cfg, state, splits.test, normalize, runtime.precision)
-        metrics = artifacts.run_metrics(state.history, test, CLASSES, run_facts(cfg, state, splits, runtime))
+        metrics = artifacts.run_metrics(
+            state.history, test, splits.info.classes, run_facts(cfg, state, splits, runtime)
+        )
         metrics.update(
             stopped_early=stop_reason,
             test_without_tta=None if test is None else test.without_tta,
@@ -200,7 +202,7 @@ def fit(
             total_seconds=(datetime.now() - started).total_seconds(),
         )
         if main:
-            artifacts.write_run_files(run_dir, test, splits.test.images.cpu(), CLASSES, state.history)
+            artifacts.write_run_files(run_dir, test, splits.test.images.cpu(), splits.info.classes, state.history)
             metrics = record.write(run_dir, record.COMPLETED, metrics)  # last: "completed" means every file is there
     except DiskFull as full:  # the last.pt on disk is intact (files.write_atomic): resumable once there is space
         stopped = OutOfSpace(str(full))
@@ -264,17 +266,28 @@ def decide_precision(
 
 def load_splits(cfg: DictConfig, device: torch.device) -> DataSplits:
     splits = splits_for(cfg, device)
+    info = splits.info
     val_note = " (= test set)" if splits.val_is_test else ""
-    log.info("data: %d train, %d val%s, %d test", len(splits.train), len(splits.val), val_note, len(splits.test))
+    log.info(
+        "data: %s, %d classes, %dx%d; %d train, %d val%s, %d test",
+        info.name if info.labels == "fine" else f"{info.name} ({info.labels} labels)",
+        info.num_classes,
+        info.image_size,
+        info.image_size,
+        len(splits.train),
+        len(splits.val),
+        val_note,
+        len(splits.test),
+    )
     return splits
 
 
 def build_network(
-    cfg: DictConfig, train: Split, normalize: Normalize, device: torch.device, world: World
+    cfg: DictConfig, train: Split, data: DataInfo, normalize: Normalize, device: torch.device, world: World
 ) -> tuple[nn.Module, nn.Module]:
-    """(model, forward): see place_model."""
+    """(model, forward) for `data`'s classes and image size: see place_model."""
     with building("model", cfg.model):
-        model = build_model(cfg.model)
+        model = build_model(cfg.model, data.num_classes, data.image_size)
     if hasattr(model, "init_from_data"):  # data-dependent initialisation, e.g. `fast`'s whitening filters
         sample = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed))[:5000]
         model.init_from_data(normalize(train.images[sample.to(device)]))
@@ -285,9 +298,10 @@ def build_network(
 
 
 def build_training(
-    cfg: DictConfig, model: nn.Module, forward: nn.Module, train: Split, normalize: Normalize, runtime: Runtime
+    cfg: DictConfig, model: nn.Module, forward: nn.Module, splits: DataSplits, normalize: Normalize, runtime: Runtime
 ) -> tuple[TrainingState, TrainingStep, Batches]:
     """The training state (what a checkpoint holds), the step that changes it, and the batches it eats."""
+    train, num_classes = splits.train, splits.info.num_classes
     generators = Generators(cfg.seed, runtime.device, runtime.world)
     with building("augmentation", cfg.augmentation):
         augmentation = instantiate(cfg.augmentation)
@@ -300,7 +314,7 @@ def build_training(
         generators.augmentation,
         runtime.world,
     )
-    check_first_batch(model, augmentation, train.images, normalize, cfg, len(CLASSES))
+    check_first_batch(model, augmentation, train.images, normalize, cfg, num_classes)
     check_optimization(cfg, len(batches))  # what torch would refuse only later, refused before the first batch
     optimizer = build_optimizer(cfg.optimizer, model)
     ema = None
@@ -319,6 +333,7 @@ def build_training(
         generators=generators,
         config=OmegaConf.to_container(cfg, resolve=True),
         precision=runtime.precision_choice.record(),
+        data=splits.info.record(),
         ema=ema,
         lookahead=lookahead,
     )
@@ -328,7 +343,7 @@ def build_training(
         schedule=state.schedule,
         scaler=state.scaler,
         precision=runtime.precision,
-        batch_mix=BatchMix(cfg.mixup_alpha, cfg.cutmix_alpha, len(CLASSES)),
+        batch_mix=BatchMix(cfg.mixup_alpha, cfg.cutmix_alpha, num_classes),
         label_smoothing=cfg.label_smoothing,
         grad_clip=cfg.grad_clip,
         ema=ema,
@@ -471,6 +486,7 @@ def run_facts(cfg: DictConfig, state: TrainingState, splits: DataSplits, runtime
         "lookahead": bool(cfg.lookahead_every),
         "tta": cfg.tta,
         "val_is_test": splits.val_is_test,
+        "data": splits.info.record(),
         "data_sizes": {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)},
         "params": {"total": total, "trainable": trainable},
         "device": str(runtime.device),

@@ -113,9 +113,18 @@ def train_job(cfg: DictConfig) -> float | None:
 
 
 def discard_if_untrained(run_dir: Path, cfg: DictConfig) -> None:
-    """A new run that stopped before its first epoch leaves no run-looking folder behind."""
+    """A new run that stopped before its first epoch leaves no run-looking folder behind, nor the
+    empty folders above it, up to output_root, that only it was in."""
     if not cfg.resume and not (run_dir / "history.csv").exists():
         shutil.rmtree(run_dir, ignore_errors=True)
+        root = Path(cfg.output_root).resolve()
+        parent = run_dir.resolve().parent
+        while parent == root or root in parent.parents:
+            try:
+                parent.rmdir()  # only when empty
+            except OSError:
+                break
+            parent = parent.parent
 
 
 def tested_accuracy(metrics: dict) -> float | None:

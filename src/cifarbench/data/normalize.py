@@ -4,22 +4,30 @@ from __future__ import annotations
 
 import torch
 
+from cifarbench.data.info import CIFAR10_MEAN_STD, DataInfo
 from cifarbench.errors import check_choice
 from cifarbench.options import NORMALIZATIONS
 
-MEAN_STD = {
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+MEAN_STD: dict[str, tuple | None] = {
+    "cifar10": CIFAR10_MEAN_STD,  # CIFAR-10's training images, whatever the data: what the reports used
+    "dataset": None,  # the run's own training images', from its DataInfo (computed at import)
     "half": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),  # the [-1, 1] range of 001 and 002
     "unit": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),  # plain [0, 1]
 }
 
 
 class Normalize:
-    """(x / 255 - mean) / std folded into one multiply-add per element: x * scale + shift."""
+    """(x / 255 - mean) / std folded into one multiply-add per element: x * scale + shift.
+    `dataset` takes the mean and std of the run's own training images, from its DataInfo."""
 
-    def __init__(self, name: str, device: torch.device, channels_last: bool = True) -> None:
+    def __init__(
+        self, name: str, device: torch.device, channels_last: bool = True, data: DataInfo | None = None
+    ) -> None:
         check_choice("data.normalization", name, NORMALIZATIONS)
-        mean, std = (torch.tensor(v, dtype=torch.float32, device=device).view(1, 3, 1, 1) for v in MEAN_STD[name])
+        if name == "dataset" and data is None:
+            raise ValueError("normalization 'dataset' needs the data set's DataInfo")
+        mean_std = (data.mean, data.std) if name == "dataset" else MEAN_STD[name]
+        mean, std = (torch.tensor(v, dtype=torch.float32, device=device).view(1, 3, 1, 1) for v in mean_std)
         self.name = name
         self.scale = 1.0 / (255.0 * std)
         self.shift = -mean / std

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from cifarbench.data.sources import CLASSES, RawSplit
+from cifarbench.data.info import DataInfo
+from cifarbench.data.sources import RawSplit
 from cifarbench.errors import UserError
 
 
@@ -25,14 +26,18 @@ class DataSplits:
     val: Split
     test: Split
     val_is_test: bool  # data.val_size=0: validation reuses the test set, as the reports did
+    info: DataInfo  # the classes, statistics and image size of the data set the splits come from
 
 
-def balanced_indices(labels: torch.Tensor, size: int, generator: torch.Generator, what: str) -> torch.Tensor:
-    """`size` indices with size/10 per class, drawn at random by `generator`, in random order."""
-    num_classes = len(CLASSES)
+def balanced_indices(
+    labels: torch.Tensor, size: int, num_classes: int, generator: torch.Generator, what: str
+) -> torch.Tensor:
+    """`size` indices with size/num_classes per class, drawn at random by `generator`, in random order."""
     counts = torch.bincount(labels, minlength=num_classes)
     if size % num_classes:
-        raise UserError(f"{what}={size} cannot be class-balanced: use a multiple of {num_classes}")
+        raise UserError(
+            f"{what}={size} cannot be class-balanced over {num_classes} classes: use a multiple of {num_classes}"
+        )
     per_class = size // num_classes
     if per_class > int(counts.min()):
         raise UserError(
@@ -49,7 +54,8 @@ def balanced_indices(labels: torch.Tensor, size: int, generator: torch.Generator
 
 def make_splits(
     raw: dict[str, RawSplit],
-    val_size: int,
+    info: DataInfo,
+    val_size: int | float,
     train_subset: int | None,
     test_subset: int | None,
     seed: int,
@@ -59,20 +65,25 @@ def make_splits(
     generator = torch.Generator().manual_seed(seed)
     train_labels = raw["train"].labels
     n_train = len(train_labels)
+    if isinstance(val_size, float) and 0 < val_size < 1:  # a fraction: as many of each class as the rarest allows
+        rarest = int(torch.bincount(train_labels, minlength=info.num_classes).min())
+        val_size = max(1, int(val_size * rarest)) * info.num_classes
     if val_size < 0 or val_size >= n_train:
         raise UserError(f"data.val_size={val_size} must be in [0, {n_train}) (the training set has {n_train})")
     rest = torch.arange(n_train)
     val_idx = torch.empty(0, dtype=torch.int64)
     if val_size:
-        val_idx = balanced_indices(train_labels, val_size, generator, "data.val_size")
+        val_idx = balanced_indices(train_labels, val_size, info.num_classes, generator, "data.val_size")
         keep = torch.ones(n_train, dtype=torch.bool)
         keep[val_idx] = False
         rest = torch.nonzero(keep).squeeze(1)
     if train_subset is not None:
-        rest = rest[balanced_indices(train_labels[rest], train_subset, generator, "data.train_subset")]
+        rest = rest[
+            balanced_indices(train_labels[rest], train_subset, info.num_classes, generator, "data.train_subset")
+        ]
     test_idx = torch.arange(len(raw["test"].labels))
     if test_subset is not None:
-        test_idx = balanced_indices(raw["test"].labels, test_subset, generator, "data.test_subset")
+        test_idx = balanced_indices(raw["test"].labels, test_subset, info.num_classes, generator, "data.test_subset")
         test_idx = test_idx.sort().values
 
     def take(split: RawSplit, idx: torch.Tensor) -> Split:
@@ -80,4 +91,5 @@ def make_splits(
 
     test = take(raw["test"], test_idx)
     val = take(raw["train"], val_idx.sort().values) if val_size else test
-    return DataSplits(train=take(raw["train"], rest.sort().values), val=val, test=test, val_is_test=not val_size)
+    train = take(raw["train"], rest.sort().values)
+    return DataSplits(train=train, val=val, test=test, val_is_test=not val_size, info=info)

@@ -2,22 +2,37 @@
 
 from __future__ import annotations
 
+from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from cifarbench.config import instantiate
-from cifarbench.errors import check_choice
+from cifarbench.errors import UserError, check_choice
 from cifarbench.models.keras_init import keras_init
 from cifarbench.options import INITS
 
 
-def build_model(model_cfg: DictConfig) -> nn.Module:
-    """The model `model_cfg` names; `init: keras` (the Keras-built report models) re-initialises it
-    with Keras's defaults, which are not knobs of the model class."""
+def build_model(model_cfg: DictConfig, num_classes: int = 10, image_size: int = 32) -> nn.Module:
+    """The model `model_cfg` names, for `num_classes` classes of image_size x image_size images (the
+    data's: a model class with IMAGE_SIZE is built for that size alone). `init: keras` (the Keras-built
+    report models) re-initialises it with Keras's defaults, which are not knobs of the model class."""
     init = model_cfg.get("init", "torch")
     check_choice("model.init", init, INITS)
-    knobs = OmegaConf.masked_copy(model_cfg, [k for k in model_cfg if k != "init"])
-    model = instantiate(knobs, _convert_="all")
+    # num_classes: written in model configs before it came from the data (runs saved then have it)
+    if model_cfg.get("num_classes", num_classes) != num_classes:
+        raise UserError(
+            f"model.num_classes={model_cfg.num_classes} does not match the data's {num_classes} classes: a model's "
+            "output size comes from its data; drop model.num_classes"
+        )
+    knobs = OmegaConf.masked_copy(model_cfg, [k for k in model_cfg if k not in ("init", "num_classes")])
+    built_for = getattr(get_object(knobs._target_), "IMAGE_SIZE", None)
+    if built_for is not None and image_size != built_for:
+        name = knobs._target_.rsplit(".", 1)[-1]
+        raise UserError(
+            f"{name} is built for {built_for}x{built_for} images, not data.image_size={image_size}: set data."
+            f"image_size={built_for}, or use a model that takes any size (improved, mfm24, fast, or a torchvision one)"
+        )
+    model = instantiate(knobs, num_classes=num_classes, _convert_="all")
     return keras_init(model) if init == "keras" else model
 
 

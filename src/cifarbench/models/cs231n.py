@@ -14,6 +14,8 @@ from torch import nn
 class TwoLayerFC(nn.Module):
     """Flatten (3*32*32 = 3072), Linear 3072->hidden, ReLU, Linear hidden->10. 12,332,010 parameters."""
 
+    IMAGE_SIZE = 32  # its dense layers' widths follow from 32x32 inputs
+
     def __init__(self, hidden: int = 4000, dropout: float = 0.0, num_classes: int = 10) -> None:
         super().__init__()
         self.net = nn.Sequential(
@@ -34,6 +36,8 @@ class ThreeLayerCNN(nn.Module):
     170,906 parameters. No pooling, batch norm or dropout: the report lists their absence among the
     net's limitations. `dropout` (default 0) is a knob for sweeps.
     """
+
+    IMAGE_SIZE = 32  # its dense layers' widths follow from 32x32 inputs
 
     def __init__(self, channels: tuple[int, int] = (32, 16), dropout: float = 0.0, num_classes: int = 10) -> None:
         super().__init__()

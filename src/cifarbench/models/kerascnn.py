@@ -27,6 +27,8 @@ class KerasCNN(nn.Module):
     'valid' would give 161,098). Keras's own initialisation: `init: keras` (models/keras_init.py).
     """
 
+    IMAGE_SIZE = 32  # its dense layers' widths follow from 32x32 inputs
+
     def __init__(
         self,
         dropout: float = 0.3,

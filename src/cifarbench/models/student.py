@@ -40,6 +40,8 @@ class StudentCNN(nn.Module):
     reproduces their Table 1 counts exactly, which confirms the 256-wide flatten.
     """
 
+    IMAGE_SIZE = 32  # its dense layers' widths follow from 32x32 inputs
+
     def __init__(
         self, dropout: float = 0.3, widths: tuple[int, ...] = (64, 128, 256), dense: int = 4096, num_classes: int = 10
     ) -> None:

@@ -32,10 +32,12 @@ def _difference(run: Run) -> float | str | None:
 COLUMNS: dict[str, Any] = {
     "model": lambda r: r.model,
     "preset": lambda r: r.preset,
+    "dataset": lambda r: r.dataset,
     "params_m": lambda r: _round(r.metrics.get("params", {}).get("total", None), 1e6, 2),
     "epochs": lambda r: r.metrics.get("epochs_run", len(r.history) or None),
     "train_acc": lambda r: _round(r.metrics.get("train", {}).get("accuracy")),
     "test_acc": lambda r: _round(r.test("accuracy")),
+    "top5_acc": lambda r: _round(r.test("top5_accuracy")),  # recorded from 11 classes on
     "test_error": lambda r: _round(r.test("error")),
     "median_epoch_s": lambda r: _round(r.metrics.get("median_epoch_seconds"), 1, 1),
     "fine_tuned": lambda r: "Y" if r.pretrained else "N",
@@ -61,6 +63,8 @@ HEADERS = {
     "median_epoch_s": "Median epoch time (s)",
     "fine_tuned": "Fine-tuned",
     "preset": "Preset",
+    "dataset": "Data set",
+    "top5_acc": "Top-5 accuracy (%)",
     "reported_metric": "Reported metric",
     "reported": "Reported (%)",
     "measured": "Measured (%)",

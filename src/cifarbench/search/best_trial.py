@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cifarbench import artifacts, record
-from cifarbench.data import CLASSES
 from cifarbench.evaluation import evaluate_test_set
 from cifarbench.inference import final_test_setting, load_trained
 from cifarbench.search.study import best, remember_tested, tested_trials
@@ -40,9 +39,10 @@ def read_test_set_of(run_dir: Path) -> dict[str, Any]:
     cfg, test, normalize, precision = final_test_setting(loaded)
     tested_epoch = record.read(run_dir)["test_weights_epoch"]
     result = evaluate_test_set(loaded.model, cfg, test, normalize, precision, tested_epoch)
-    artifacts.write_run_files(run_dir, result, test.images.cpu(), CLASSES, loaded.history)
+    classes = loaded.data.classes
+    artifacts.write_run_files(run_dir, result, test.images.cpu(), classes, loaded.history)
     updated = record.update(
         run_dir,
-        {"test": artifacts.classification_metrics(result, CLASSES), "test_without_tta": result.without_tta},
+        {"test": artifacts.classification_metrics(result, classes), "test_without_tta": result.without_tta},
     )
     return updated["test"]
