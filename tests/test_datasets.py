@@ -273,6 +273,9 @@ def test_a_folder_data_set_trains_at_its_own_size_and_the_fixed_size_models_refu
     image = tmp_path / "pets" / "owls" / "owls_3.png"
     predicted = cli("predict", str(tmp_path / "run"), str(image), "--output", "p.csv", cwd=tmp_path, env=env).stdout
     assert "owls" in predicted and "cats" in predicted and "dogs" in predicted  # all three ranked, nothing else
+    assert "(identical)" in cli("evaluate", str(tmp_path / "run"), cwd=tmp_path, env=env).stdout
+    cli("report", "run", "--out", "report", cwd=tmp_path, env=env)
+    assert "| folder:pets |" in (tmp_path / "report" / "report.md").read_text()
 
 
 def test_a_report_preset_refuses_another_data_set(tmp_path: Path) -> None:
@@ -333,3 +336,32 @@ def test_the_general_presets_run_on_any_data(tmp_path: Path, preset: str) -> Non
     cli("train", *overrides, *tiny, cwd=tmp_path, env=env)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["data"]["classes"] == ["cats", "dogs", "owls"] and len(metrics["test"]["per_class"]) == 3
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+def test_torchvision_download_fills_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """Online, torchvision's download: here a stand-in for torchvision's class that writes the
+    official files where torchvision would, then reads them as torchvision does."""
+    import torchvision.datasets as tv
+
+    archive = tmp_path / f"{name}.tar.gz"
+    made = (cifar10_python_archive if name == "cifar10" else cifar100_python_archive)(archive)
+    real = {"cifar10": tv.CIFAR10, "cifar100": tv.CIFAR100}[name]
+
+    class Downloaded(real):
+        def __init__(self, root: str, train: bool, download: bool) -> None:
+            assert download
+            with tarfile.open(archive) as tar:
+                tar.extractall(root, filter="data")
+            super().__init__(root, train=train, download=False)
+
+    monkeypatch.setattr(tv, real.__name__, Downloaded)
+    monkeypatch.setattr(tv.cifar, "check_integrity", lambda *args: True)  # the stand-in files are not the md5s
+    raw = load_data(
+        _cfg({"name": name, "root": str(tmp_path / "d"), "source": None, "download": True, "labels": "fine"})
+    )
+    assert read_cache(cache_path(tmp_path / "d", name))[1] == ""  # cached for the next run
+    first = made["data_batch_1"][0] if name == "cifar10" else made["train"][0]
+    assert torch.equal(raw.splits["train"].images[: len(first)], torch.from_numpy(first))
+    if name == "cifar100":
+        assert raw.coarse_classes == tuple(COARSE)
