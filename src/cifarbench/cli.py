@@ -254,6 +254,22 @@ def export_command(args: list[str]) -> int:
     return 0
 
 
+def search_command(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="cifarbench search", description="Searches shared by several workers.")
+    sub = parser.add_subparsers(dest="action", required=True)
+    finish = sub.add_parser(
+        "finish", help="test a finished study's best trial (once) and write its summary, from any machine"
+    )
+    finish.add_argument("sweep_dir", type=Path, help="the search's hydra.sweep.dir (shared by its workers)")
+    finish.add_argument("--storage", help="the search's hydra.sweeper.storage (default: the sqlite file in sweep_dir)")
+    finish.add_argument("--study-name", default="search", help="the search's hydra.sweeper.study_name")
+    ns = parser.parse_args(args)
+    from cifarbench.search.sweeper import finish_search
+
+    finish_search(ns.sweep_dir, ns.storage, ns.study_name)
+    return 0
+
+
 def runs_command(args: list[str]) -> int:
     from cifarbench.runs import find_runs
 
@@ -308,6 +324,7 @@ COMMANDS = {
     "predict": Command(
         predict_command, "predict RUN_DIR IMAGE... (or --onnx FILE IMAGE...): top-3 classes of your images"
     ),
+    "search": Command(search_command, "search finish SWEEP_DIR [--storage URL]: end a study shared by workers"),
     "export": Command(
         export_command, "export RUN_DIR [--format onnx|safetensors]: the tested model for other programs"
     ),

@@ -14,6 +14,7 @@ from cifarbench import artifacts, record
 from cifarbench.evaluation import evaluate_test_set
 from cifarbench.inference import final_test_setting, load_trained
 from cifarbench.search.study import best, remember_tested, tested_trials
+from cifarbench.search.workers import claim
 
 if TYPE_CHECKING:
     import optuna
@@ -26,7 +27,8 @@ def finish_best_trial(sweep_dir: Path, study: optuna.Study) -> optuna.trial.Froz
     chosen = best(study)
     if chosen is None:
         return None
-    if chosen.number not in {t["trial"] for t in tested_trials(study)}:
+    # several workers may end together: the exclusive claim lets one of them read the test set
+    if chosen.number not in {t["trial"] for t in tested_trials(study)} and claim(sweep_dir, f"test.{chosen.number}"):
         test = read_test_set_of(sweep_dir / str(chosen.number))
         remember_tested(study, chosen.number, test["accuracy"])
     return chosen

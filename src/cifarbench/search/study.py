@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,18 +15,68 @@ if TYPE_CHECKING:
 
 STUDY_FILE = "optuna.db"
 SEARCH_SPACE_ATTR = "cifarbench_search"  # the study remembers what it searches, to refuse another search
+MONITOR_ATTR = "cifarbench_monitor"  # the objective's figure, for `cifarbench search finish`
 BEST_TESTED_ATTR = "cifarbench_tested"  # [{trial, test_accuracy, after_trials}]: trials whose test was read
 
 
-def study_storage(storage: str | None, sweep_dir: Path) -> optuna.storages.RDBStorage:
-    """The study's storage: `storage` (a database URL) as given, or a sqlite file in the sweep
-    directory. sqlite waits up to a minute for a lock, so parallel trials reporting at the same
-    moment queue up instead of failing with "database is locked"."""
+def study_storage(storage: str | None, sweep_dir: Path) -> optuna.storages.BaseStorage:
+    """The study's storage, reachable, or one line saying why not (before any trial starts):
+
+    - null: a sqlite file in the sweep directory (workers on one machine may share it);
+    - `journal:PATH`: Optuna's journal file (no server; a shared disk for workers on many machines);
+    - a SQLAlchemy URL: `postgresql://user:password@host/db`, `mysql+pymysql://...`, `sqlite:///...`.
+
+    sqlite waits up to a minute for a lock, so trials reporting at the same moment queue up instead of
+    failing with "database is locked"."""
     import optuna
 
+    if storage and storage.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+
+        path = Path(storage.removeprefix("journal:").removeprefix("//")).expanduser()
+        if not path.parent.is_dir():
+            raise UserError(f"hydra.sweeper.storage={storage}: the folder {path.parent} does not exist")
+        # the open(O_EXCL) lock works on network file systems, where a symlink lock may not
+        return optuna.storages.JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path))))
     url = storage or f"sqlite:///{(sweep_dir / STUDY_FILE).resolve()}"
-    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    return optuna.storages.RDBStorage(url, engine_kwargs=engine)
+    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    try:
+        return _rdb_storage(url, engine)
+    except ImportError as exc:  # the dialect's driver, imported only now (Optuna wraps SQLAlchemy's error)
+        missing = getattr(exc.__cause__, "name", None) or exc.name or "its driver"
+        extra = "mysql" if url.startswith("mysql") else "postgres"
+        raise UserError(
+            f"hydra.sweeper.storage={shown_url(url)} needs the database driver {missing}, which is not installed: "
+            f"pip install 'cifarbench[{extra}]'"
+        ) from None
+    except Exception as exc:  # sqlalchemy's OperationalError, ArgumentError ...: unreachable, refused, bad URL
+        reason = " ".join(str(getattr(exc, "orig", None) or exc).split())[:200]
+        raise UserError(
+            f"hydra.sweeper.storage={shown_url(url)}: cannot open the study's database ({type(exc).__name__}: "
+            f"{reason}); check the URL, that the server is running and reachable, and the user and password"
+        ) from None
+
+
+def _rdb_storage(url: str, engine: dict) -> optuna.storages.RDBStorage:
+    """Optuna creates its tables when a storage is first opened; workers started together on an empty
+    database race to create them and all but one fail ("already exists"): those try again."""
+    import optuna
+
+    for attempt in range(5):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine)
+        except Exception as exc:
+            if "already exists" not in str(exc) or attempt == 4:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def shown_url(url: str) -> str:
+    """A database URL without its password, for messages."""
+    import re
+
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
 
 
 def same_search(study: optuna.Study, space: SearchSpace, monitor: str, sweep_dir: Path) -> None:
@@ -36,6 +87,7 @@ def same_search(study: optuna.Study, space: SearchSpace, monitor: str, sweep_dir
     saved = study.user_attrs.get(SEARCH_SPACE_ATTR)
     if saved is None:
         study.set_user_attr(SEARCH_SPACE_ATTR, searched)
+        study.set_user_attr(MONITOR_ATTR, monitor)
     elif saved != searched:
         raise UserError(
             f"{sweep_dir} holds another search ({saved}); run this one into a new hydra.sweep.dir, "
@@ -43,19 +95,33 @@ def same_search(study: optuna.Study, space: SearchSpace, monitor: str, sweep_dir
         )
 
 
+def trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The study's trials that count: not the surplus ones a worker asked for too many (workers.py)."""
+    from cifarbench.search.workers import counted
+
+    return counted(study.get_trials(deepcopy=False))
+
+
 def running(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     from optuna.trial import TrialState
 
-    return study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    return [t for t in trials(study) if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+
+
+def waiting(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Enqueued trials (a preset's first settings) that no worker has taken yet."""
+    from optuna.trial import TrialState
+
+    return [t for t in trials(study) if t.state == TrialState.WAITING]
 
 
 def count_finished(study: optuna.Study) -> int:
-    return sum(1 for t in study.get_trials(deepcopy=False) if t.state.is_finished())
+    return sum(1 for t in trials(study) if t.state.is_finished())
 
 
 def state_counts(study: optuna.Study) -> dict[str, int]:
     counts: dict[str, int] = {}
-    for trial in study.get_trials(deepcopy=False):
+    for trial in trials(study):
         counts[trial.state.name] = counts.get(trial.state.name, 0) + 1
     return counts
 

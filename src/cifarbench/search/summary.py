@@ -21,6 +21,7 @@ from cifarbench import record
 from cifarbench.files import save_figure, write_csv, write_text_atomic
 from cifarbench.runs import Run, load_run, short_number
 from cifarbench.search.study import best, best_test_accuracy, tested_trials
+from cifarbench.search.study import trials as counted_trials
 from cifarbench.tables import markdown_table
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ def params_text(params: dict[str, Any]) -> str:
 def write_search_summary(sweep_dir: Path, study: optuna.Study, monitor: str, plots: bool = False) -> None:
     """summary.csv/.md: one row per trial (parameters, status, objective, epochs, test accuracy of the
     best trial only) and, with `plots`, Optuna's plots as PNG (matplotlib backend)."""
-    trials = study.get_trials(deepcopy=False)
+    trials = counted_trials(study)  # a worker's surplus asks are not trials of the search
     chosen = best(study)
     keys = list(dict.fromkeys(k for t in trials for k in t.params))
     headers = ["trial", *(k.lstrip("+") for k in keys), "status", monitor, "epochs", "test_acc", "run_dir"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cifarbench import record
 from cifarbench.config import instantiate
+from cifarbench.errors import UserError
 from cifarbench.runs import TRIAL_ENV, Run, load_run
 from cifarbench.search.best_trial import finish_best_trial
 from cifarbench.search.space import checked_space, sweeper_params
@@ -24,8 +26,11 @@ from cifarbench.search.study import (
     same_search,
     state_counts,
     study_storage,
+    trials,
+    waiting,
 )
 from cifarbench.search.summary import objective, params_text, write_search_summary
+from cifarbench.search.workers import Heartbeat, claim, mark_surplus, stale, take_over, within_budget, worker_name
 from cifarbench.stopping import BestTracker
 
 if TYPE_CHECKING:
@@ -60,9 +65,10 @@ class Search:
         monitor = str(self.config.monitor)
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+        storage = study_storage(self.sweeper.storage, self.sweep_dir)  # reachable, or one line before any trial
         study = optuna.create_study(
             study_name=self.sweeper.study_name,
-            storage=study_storage(self.sweeper.storage, self.sweep_dir),
+            storage=storage,
             pruner=instantiate(self.sweeper.pruner),
             direction=self.sweeper.direction or ("minimize" if BestTracker(monitor).minimize else "maximize"),
             load_if_exists=True,
@@ -70,59 +76,98 @@ class Search:
         same_search(study, space, monitor, self.sweep_dir)
         earlier_trials = len(study.get_trials(deepcopy=False))
         study.sampler = self._sampler(earlier_trials)
-        if not earlier_trials:
-            for setting in self.sweeper.enqueue:  # e.g. the report's own best setting, tried first
+        if not earlier_trials and claim(self.sweep_dir, "enqueued"):  # e.g. the report's own best setting, first
+            for setting in self.sweeper.enqueue:
                 study.enqueue_trial(setting)
-        pending = self._take_stock(study)
         n_trials, n_jobs = int(self.sweeper.n_trials), self._n_jobs()
         log.info(
-            "search %s: %d trials (%d finished before), %d at a time, objective %s (%s), pruner %s",
+            "search %s: %d trials in the study (%d finished), %d at a time in this worker (%s), objective %s (%s), "
+            "pruner %s",
             self.sweep_dir,
             n_trials,
             count_finished(study),
             n_jobs,
+            worker_name(),
             monitor,
             study.direction.name.lower(),
             type(study.pruner).__name__,
         )
-        while pending or count_finished(study) + len(running(study)) < n_trials:
-            batch = pending[:n_jobs]
-            pending = pending[n_jobs:]
-            room = n_trials - count_finished(study) - len(running(study))
-            for _ in range(min(n_jobs - len(batch), room)):
+        heartbeat = Heartbeat(study, float(self.sweeper.heartbeat_seconds))
+        try:
+            self._work(study, space, n_trials, n_jobs, heartbeat)
+        finally:
+            heartbeat.release()  # a clean stop (Ctrl-C, SIGTERM, an error) frees its trials at once
+        self._finish(study, monitor, n_trials)
+
+    def _work(self, study: optuna.Study, space: Any, n_trials: int, n_jobs: int, heartbeat: Heartbeat) -> None:
+        """Run trials until the study has no more to give: stale ones first (taken over, resumed),
+        then new ones within the budget; with nothing to run, wait while others' trials run, as one
+        of them may go stale."""
+        monitor = str(self.config.monitor)
+        while True:
+            batch = self._take_over_stale(study, n_jobs, heartbeat)
+            while len(batch) < n_jobs and (len(trials(study)) < n_trials or waiting(study)):
                 trial = study.ask(space.distributions)
+                if not within_budget(study, trial.number, n_trials):  # another worker took the last one
+                    mark_surplus(study, trial._trial_id)
+                    break
+                heartbeat.add(trial._trial_id)
                 batch.append(PlannedTrial(trial.number, trial._trial_id, trial.params))
-            if not batch:
-                break
-            self._launch(study, batch, space.fixed)
+            if batch:
+                self._launch(study, batch, space.fixed)
+                for planned in batch:
+                    heartbeat.done(planned.trial_id)
+                write_search_summary(self.sweep_dir, study, monitor)
+                counts = state_counts(study)
+                if counts.get("FAIL", 0) >= min(n_trials, FAILURES_BEFORE_GIVING_UP) and not (
+                    counts.get("COMPLETE") or counts.get("PRUNED")
+                ):
+                    log.error("search: stopped: its first trials all failed (see each trial's train.log)")
+                    return
+                continue
+            if not running(study):
+                return
+            time.sleep(float(self.sweeper.heartbeat_seconds))  # others' trials run; one may go stale
+
+    def _take_over_stale(self, study: optuna.Study, n_jobs: int, heartbeat: Heartbeat) -> list[PlannedTrial]:
+        """Stale trials (their worker stopped or was killed) this worker claims: one that ended but
+        was never told is told now; the others are resumed from their checkpoint, same number."""
+        batch: list[PlannedTrial] = []
+        for trial in stale(study, float(self.sweeper.stale_after_seconds)):
+            if len(batch) >= n_jobs or not take_over(self.sweep_dir, trial):
+                continue
+            run_dir = self.sweep_dir / str(trial.number)
+            if run_dir.is_dir() and load_run(run_dir).status in record.ENDED:
+                _tell(study, trial.number, load_run(run_dir), str(self.config.monitor))
+                continue
+            log.info("search: taking over trial %d (its worker stopped); it resumes from its checkpoint", trial.number)
+            heartbeat.add(trial._trial_id)
+            batch.append(PlannedTrial(trial.number, trial._trial_id, trial.params))
+        return batch
+
+    def _finish(self, study: optuna.Study, monitor: str, n_trials: int) -> None:
+        """The best trial's test, read once for the study: here when this worker sees the study's
+        last trial finished, else left to the worker that does (or to `cifarbench search finish`)."""
+        unfinished = running(study)
+        if unfinished:
             write_search_summary(self.sweep_dir, study, monitor)
-            counts = state_counts(study)
-            if counts.get("FAIL", 0) >= min(n_trials, FAILURES_BEFORE_GIVING_UP) and not (
-                counts.get("COMPLETE") or counts.get("PRUNED")
-            ):
-                log.error("search: stopped: its first trials all failed (see each trial's train.log)")
-                break
-        best = finish_best_trial(self.sweep_dir, study)
-        write_search_summary(self.sweep_dir, study, monitor, plots=True)
-        counts = state_counts(study)
-        print(
-            f"search summary: {self.sweep_dir / 'summary.md'} ({counts.get('COMPLETE', 0)} completed, "
-            f"{counts.get('PRUNED', 0)} pruned, {counts.get('FAIL', 0)} failed)"
-        )
-        if best is None:
-            print("cifarbench: no trial of the search completed; see summary.md", file=sys.stderr)
-            sys.exit(1)
-        print(
-            f"best trial {best.number}: {params_text(best.params)}; {monitor} {best.value:.4f} (the objective); "
-            f"test accuracy {best_test_accuracy(study, best.number):.2f}% (the test set read once, for this trial only)"
-        )
+            print(
+                f"search: this worker is done; trials {', '.join(str(t.number) for t in unfinished)} run in other "
+                f"workers, and the one that finishes last tests the best trial (or: cifarbench search finish "
+                f"{self.sweep_dir})"
+            )
+            return
+        report_finished_study(self.sweep_dir, study, monitor)
 
     def _sampler(self, earlier_trials: int) -> optuna.samplers.BaseSampler:
-        """The configured sampler; when the study has trials already (a resumed search), its seed is
-        moved on by their number, or it would ask again for the trials it asked for first."""
+        """The configured sampler. A seeded one is moved on by the trials the study has (a resumed
+        search would otherwise ask again for the trials it asked for first) and by this worker's slot
+        (workers started together would otherwise ask for the same ones); the first worker of a new
+        search keeps the seed as given."""
         config = OmegaConf.create(OmegaConf.to_container(self.sweeper.sampler))
         if config.get("seed") is not None:
-            config.seed = int(config.seed) + earlier_trials
+            slot = next(i for i in range(10_000) if claim(self.sweep_dir, f"worker.{i}"))
+            config.seed = int(config.seed) + earlier_trials + 1000 * slot
         return instantiate(config)
 
     def _n_jobs(self) -> int:
@@ -133,21 +178,6 @@ class Search:
         if launcher_jobs is None or int(launcher_jobs) < 1:
             return 1 if launcher_jobs is None else max(1, os.cpu_count() or 1)
         return int(launcher_jobs)
-
-    def _take_stock(self, study: optuna.Study) -> list[PlannedTrial]:
-        """After an interruption: trials left RUNNING whose job finished are told now; the others
-        are resumed (from their last.pt when they have one). Assumes no other process is running
-        trials of this study at this moment."""
-        pending = []
-        for trial in running(study):
-            run_dir = self.sweep_dir / str(trial.number)
-            if run_dir.is_dir() and load_run(run_dir).status in record.ENDED:
-                _tell(study, trial.number, load_run(run_dir), str(self.config.monitor))
-            else:
-                pending.append(PlannedTrial(trial.number, trial._trial_id, trial.params))
-        if pending:
-            log.info("search: resuming interrupted trials %s", ", ".join(str(t.number) for t in pending))
-        return pending
 
     def _launch(self, study: optuna.Study, batch: list[PlannedTrial], fixed: list[str]) -> None:
         jobs = [
@@ -169,9 +199,56 @@ def _tell(study: optuna.Study, number: int, run: Run, monitor: str) -> None:
     from optuna.trial import TrialState
 
     value = objective(run, monitor) if run.status == record.COMPLETED else None
-    if value is not None:
-        study.tell(number, value)
-    elif run.status == record.PRUNED:
-        study.tell(number, state=TrialState.PRUNED)
-    else:
-        study.tell(number, state=TrialState.FAIL)
+    try:
+        if value is not None:
+            study.tell(number, value)
+        elif run.status == record.PRUNED:
+            study.tell(number, state=TrialState.PRUNED)
+        else:
+            study.tell(number, state=TrialState.FAIL)
+    except (ValueError, RuntimeError) as exc:  # told already: by a worker that took it over meanwhile
+        log.warning("search: trial %d was told by another worker already (%s)", number, exc)
+
+
+def report_finished_study(sweep_dir: Path, study: optuna.Study, monitor: str) -> None:
+    """The end of a study whose trials have all finished: its best trial tested (once, whichever
+    process gets there first: the last worker, or `cifarbench search finish`), summary and plots."""
+    best = finish_best_trial(sweep_dir, study)
+    write_search_summary(sweep_dir, study, monitor, plots=True)
+    counts = state_counts(study)
+    print(
+        f"search summary: {sweep_dir / 'summary.md'} ({counts.get('COMPLETE', 0)} completed, "
+        f"{counts.get('PRUNED', 0)} pruned, {counts.get('FAIL', 0)} failed)"
+    )
+    if best is None:
+        print("cifarbench: no trial of the search completed; see summary.md", file=sys.stderr)
+        sys.exit(1)
+    accuracy = best_test_accuracy(study, best.number)
+    tested = "being read by another process" if accuracy is None else f"{accuracy:.2f}%"
+    print(
+        f"best trial {best.number}: {params_text(best.params)}; {monitor} {best.value:.4f} (the objective); "
+        f"test accuracy {tested} (the test set read once, for this trial only)"
+    )
+
+
+def finish_search(sweep_dir: Path, storage: str | None, study_name: str) -> None:
+    """`cifarbench search finish`: the end of a study whose workers are gone, from any machine that
+    reaches its storage and its sweep directory; refused while trials still run."""
+    import optuna
+
+    from cifarbench.search.study import MONITOR_ATTR
+
+    if not sweep_dir.is_dir():
+        raise UserError(f"{sweep_dir} is not a directory; give the search's hydra.sweep.dir")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.load_study(study_name=study_name, storage=study_storage(storage, sweep_dir))
+    except KeyError:
+        raise UserError(f"no study named {study_name!r} in that storage; give --study-name as the search's") from None
+    unfinished = running(study)
+    if unfinished:
+        raise UserError(
+            f"trials {', '.join(str(t.number) for t in unfinished)} have not finished; let their workers end them "
+            "(a trial whose worker is gone is taken over by the next worker started with the search's command)"
+        )
+    report_finished_study(sweep_dir, study, str(study.user_attrs.get(MONITOR_ATTR, "val_acc")))

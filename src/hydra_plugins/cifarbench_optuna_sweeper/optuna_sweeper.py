@@ -26,11 +26,14 @@ class OptunaSweeper(Sweeper):
         n_jobs: int | None = None,
         params: dict[str, str] | None = None,
         enqueue: list[dict[str, Any]] | None = None,
+        heartbeat_seconds: float = 30,
+        stale_after_seconds: float = 300,
     ) -> None:
         self.n_trials, self.sampler, self.pruner, self.direction = n_trials, sampler, pruner, direction
         self.study_name, self.storage, self.n_jobs = study_name, storage, n_jobs
         self.params = OmegaConf.to_container(params) if isinstance(params, DictConfig) else dict(params or {})
         self.enqueue = OmegaConf.to_container(enqueue) if isinstance(enqueue, ListConfig) else list(enqueue or [])
+        self.heartbeat_seconds, self.stale_after_seconds = heartbeat_seconds, stale_after_seconds
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.hydra_context, self.config = hydra_context, config
