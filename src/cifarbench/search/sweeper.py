@@ -97,7 +97,7 @@ class Search:
             self._work(study, space, n_trials, n_jobs, heartbeat)
         finally:
             heartbeat.release()  # a clean stop (Ctrl-C, SIGTERM, an error) frees its trials at once
-        self._finish(study, monitor, n_trials)
+        self._finish(study, monitor)
 
     def _work(self, study: optuna.Study, space: Any, n_trials: int, n_jobs: int, heartbeat: Heartbeat) -> None:
         """Run trials until the study has no more to give: stale ones first (taken over, resumed),
@@ -145,7 +145,7 @@ class Search:
             batch.append(PlannedTrial(trial.number, trial._trial_id, trial.params))
         return batch
 
-    def _finish(self, study: optuna.Study, monitor: str, n_trials: int) -> None:
+    def _finish(self, study: optuna.Study, monitor: str) -> None:
         """The best trial's test, read once for the study: here when this worker sees the study's
         last trial finished, else left to the worker that does (or to `cifarbench search finish`)."""
         unfinished = running(study)
