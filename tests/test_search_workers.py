@@ -103,34 +103,34 @@ def check_study_ended_once(storage: str, name: str, sweep_dir: Path, n_trials: i
     assert len(summary) == n_trials + 1  # every worker's trials in one summary
 
 
-@pytest.mark.parametrize("storage_kind", ["postgresql", "journal"])
+@pytest.mark.parametrize(("storage_kind", "workers", "n_trials"), [("postgresql", 3, 5), ("journal", 2, 4)])
 def test_workers_started_together_share_one_study(
-    storage_kind: str, request: pytest.FixtureRequest, tmp_path: Path, run_env: dict
+    storage_kind: str, workers: int, n_trials: int, request: pytest.FixtureRequest, tmp_path: Path, run_env: dict
 ) -> None:
     storage = (
         request.getfixturevalue("postgres") if storage_kind == "postgresql" else f"journal:{tmp_path / 'study.log'}"
     )
     name = f"together-{storage_kind}"
     sweep = tmp_path / "sweep"
-    args = ["epochs=1", "hydra.sweeper.n_trials=5", f"hydra.sweeper.storage={storage}",
+    args = ["epochs=1", f"hydra.sweeper.n_trials={n_trials}", f"hydra.sweeper.storage={storage}",
             f"hydra.sweeper.study_name={name}", f"hydra.sweep.dir={sweep}", *FAST_LIVENESS]  # fmt: skip
-    workers = [start_worker(tmp_path, run_env, *args) for _ in range(3)]
-    outputs = [w.communicate(timeout=600) for w in workers]
-    assert [w.returncode for w in workers] == [0, 0, 0], [o[1][-2000:] for o in outputs]
-    check_study_ended_once(storage, name, sweep, 5)
+    started = [start_worker(tmp_path, run_env, *args) for _ in range(workers)]
+    outputs = [w.communicate(timeout=600) for w in started]
+    assert [w.returncode for w in started] == [0] * workers, [o[1][-2000:] for o in outputs]
+    check_study_ended_once(storage, name, sweep, n_trials)
     assert sum("best trial" in out for out, _ in outputs) >= 1  # the worker(s) that saw the last trial end
     # `search finish` from anywhere: the summary again, the test not read a second time
     finished = cli(
         "search", "finish", str(sweep), "--storage", storage, "--study-name", name, cwd=tmp_path, env=run_env
     )
     assert "best trial" in finished.stdout
-    check_study_ended_once(storage, name, sweep, 5)
+    check_study_ended_once(storage, name, sweep, n_trials)
 
 
 def test_a_killed_worker_is_taken_over_and_nothing_is_lost(postgres: str, tmp_path: Path, run_env: dict) -> None:
     name = "killed"
     sweep = tmp_path / "sweep"
-    args = ["epochs=3", "hydra.sweeper.n_trials=4", f"hydra.sweeper.storage={postgres}",
+    args = ["epochs=3", "hydra.sweeper.n_trials=3", f"hydra.sweeper.storage={postgres}",
             f"hydra.sweeper.study_name={name}", f"hydra.sweep.dir={sweep}", *FAST_LIVENESS]  # fmt: skip
     first = start_worker(tmp_path, run_env, *args)
     log = sweep / "0" / "train.log"
@@ -144,7 +144,7 @@ def test_a_killed_worker_is_taken_over_and_nothing_is_lost(postgres: str, tmp_pa
     restarted = start_worker(tmp_path, run_env, *args)
     outputs = [w.communicate(timeout=900) for w in (other, restarted)]
     assert [other.returncode, restarted.returncode] == [0, 0], [o[1][-2000:] for o in outputs]
-    check_study_ended_once(postgres, name, sweep, 4)
+    check_study_ended_once(postgres, name, sweep, 3)
     resumed = log.read_text()
     assert "resumed" in resumed and resumed.count("epoch 1/3") == 1  # taken over from its checkpoint, same number
     assert any("taking over trial 0" in out + err for out, err in outputs)
