@@ -168,7 +168,7 @@ def test_a_storage_that_cannot_be_used_is_one_line_before_any_trial(
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr
     assert "cb:wrong" not in lines[0]  # the password is not printed
-    assert not list((tmp_path / "sweep").glob("[0-9]*"))  # no trial started
+    assert not (tmp_path / "sweep").exists()  # no trial started, no sweep directory made
 
 
 def test_a_missing_database_driver_names_the_extra(tmp_path: Path, run_env: dict) -> None:

@@ -38,6 +38,8 @@ def study_storage(storage: str | None, sweep_dir: Path) -> optuna.storages.BaseS
             raise UserError(f"hydra.sweeper.storage={storage}: the folder {path.parent} does not exist")
         # the open(O_EXCL) lock works on network file systems, where a symlink lock may not
         return optuna.storages.JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path))))
+    if not storage:
+        sweep_dir.mkdir(parents=True, exist_ok=True)
     url = storage or f"sqlite:///{(sweep_dir / STUDY_FILE).resolve()}"
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     try:

@@ -63,9 +63,9 @@ class Search:
 
         space = checked_space([*sweeper_params(self.sweeper.params), *arguments], self.sweeper.enqueue)
         monitor = str(self.config.monitor)
-        self.sweep_dir.mkdir(parents=True, exist_ok=True)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         storage = study_storage(self.sweeper.storage, self.sweep_dir)  # reachable, or one line before any trial
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)
         study = optuna.create_study(
             study_name=self.sweeper.study_name,
             storage=storage,
