@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("cifarbench")
 
 FAILURES_BEFORE_GIVING_UP = 3  # trials failing before any completes: a broken config or setup, not bad luck
+POLL_SECONDS = 5.0  # a worker with nothing to run looks at the study this often
 
 
 @dataclass
@@ -127,7 +128,8 @@ class Search:
                 continue
             if not running(study):
                 return
-            time.sleep(float(self.sweeper.heartbeat_seconds))  # others' trials run; one may go stale
+            # others' trials run; one may go stale, or the last may end (then this worker is done)
+            time.sleep(min(float(self.sweeper.heartbeat_seconds), POLL_SECONDS))
 
     def _take_over_stale(self, study: optuna.Study, n_jobs: int, heartbeat: Heartbeat) -> list[PlannedTrial]:
         """Stale trials (their worker stopped or was killed) this worker claims: one that ended but
