@@ -53,15 +53,15 @@ def write_summary(sweep_dir: Path) -> list[Run]:
     headers = [
         "job",
         *swept,
-        "dataset",
         "status",
         "test_acc",
-        "top5_acc",
         "test_loss",
         "test_error",
         "f1_macro",
         "epochs",
         "median_epoch_s",
+        "dataset",  # added after the columns scripts already read by position
+        "top5_acc",
         "error",
     ]
     rows = []
@@ -71,15 +71,15 @@ def write_summary(sweep_dir: Path) -> list[Run]:
             [
                 run.path.name,
                 *(job_values.get(k) for k in swept),
-                run.dataset,
                 run.status,
                 test.get("accuracy"),
-                test.get("top5_accuracy"),  # recorded from 11 classes on
                 test.get("loss"),
                 test.get("error"),
                 test.get("f1_macro"),
                 run.metrics.get("epochs_run"),
                 run.metrics.get("median_epoch_seconds"),
+                run.dataset,
+                test.get("top5_accuracy"),  # recorded from 11 classes on
                 run.metrics.get("error"),
             ]
         )
