@@ -72,9 +72,7 @@ class Exported:
 def normalization_of(loaded: LoadedRun) -> tuple[list[float], list[float]]:
     """The run's mean and std on the [0, 1] scale, whichever normalisation it trained with."""
     normalize = loaded.normalize()
-    std = (1.0 / (normalize.scale * 255.0)).flatten()
-    mean = (-normalize.shift * std.view(1, -1, 1, 1)).flatten()
-    return [round(v, 6) for v in mean.tolist()], [round(v, 6) for v in std.tolist()]
+    return list(normalize.mean), list(normalize.std)
 
 
 def describe(loaded: LoadedRun, which: str, mean: list[float], std: list[float]) -> dict[str, Any]:

@@ -4,13 +4,12 @@ into in-memory splits on the device, with its DataInfo (classes, statistics, ima
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
 
-from cifarbench.data.cache import cache_path, channel_stats, fingerprint, read_cache, write_cache
+from cifarbench.data.cache import cache_path, fingerprint, read_cache, with_stats, write_cache
 from cifarbench.data.info import CIFAR10, DataInfo
 from cifarbench.data.loader import Batches, batch_indices
 from cifarbench.data.normalize import Normalize
@@ -44,8 +43,7 @@ def import_data(
     source = Path(source).expanduser()
     raw = load_source(source, dataset, image_size, test_fraction)
     warn_if_nonstandard(raw)
-    mean, std = channel_stats(raw.splits["train"].images)
-    raw = replace(raw, mean=mean, std=std)
+    raw = with_stats(raw)  # for the summary, which shows them
     path = cache_path(Path(root), raw.name, source, image_size, test_fraction)
     stamp = fingerprint(source) if raw.name == "folder" else None
     write_cache(path, raw, source=str(source), source_fingerprint=stamp)

@@ -63,6 +63,15 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
     return tuple(round(v, 4) for v in mean.tolist()), tuple(round(v, 4) for v in std.tolist())
 
 
+def with_stats(raw: RawData) -> RawData:
+    """`raw` with its training images' channel statistics, computed once: at import, on download, or
+    when a cache from before the statistics is read."""
+    if raw.mean is not None and raw.std is not None:
+        return raw
+    mean, std = channel_stats(raw.splits["train"].images)
+    return replace(raw, mean=mean, std=std)
+
+
 def _checksum(tensors: list[torch.Tensor]) -> str:
     digest = hashlib.blake2b(digest_size=16)
     for tensor in tensors:
@@ -77,16 +86,14 @@ def _tensors(payload: dict) -> list[torch.Tensor]:
 
 def write_cache(path: Path, raw: RawData, source: str, source_fingerprint: str | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    mean, std = raw.mean, raw.std
-    if mean is None or std is None:
-        mean, std = channel_stats(raw.splits["train"].images)
+    raw = with_stats(raw)
     payload: dict = {
         "format": CACHE_FORMAT,
         "name": raw.name,
         "classes": list(raw.classes),
         "coarse_classes": None if raw.coarse_classes is None else list(raw.coarse_classes),
-        "mean": list(mean),
-        "std": list(std),
+        "mean": list(raw.mean),
+        "std": list(raw.std),
         "resized": raw.resized,
         "converted": dict(raw.converted),
         "split_by": raw.split_by,
@@ -134,6 +141,5 @@ def read_cache(path: Path) -> tuple[RawData | None, str]:
         fingerprint=payload.get("fingerprint"),
     )
     if "mean" in payload:
-        return replace(raw, mean=tuple(payload["mean"]), std=tuple(payload["std"])), ""
-    mean, std = channel_stats(splits["train"].images)
-    return replace(raw, mean=mean, std=std), ""
+        raw = replace(raw, mean=tuple(payload["mean"]), std=tuple(payload["std"]))
+    return with_stats(raw), ""

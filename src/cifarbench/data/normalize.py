@@ -26,8 +26,10 @@ class Normalize:
         check_choice("data.normalization", name, NORMALIZATIONS)
         if name == "dataset" and data is None:
             raise ValueError("normalization 'dataset' needs the data set's DataInfo")
-        mean_std = (data.mean, data.std) if name == "dataset" else MEAN_STD[name]
-        mean, std = (torch.tensor(v, dtype=torch.float32, device=device).view(1, 3, 1, 1) for v in mean_std)
+        self.mean, self.std = (data.mean, data.std) if name == "dataset" else MEAN_STD[name]  # [0, 1] scale
+        mean, std = (
+            torch.tensor(v, dtype=torch.float32, device=device).view(1, 3, 1, 1) for v in (self.mean, self.std)
+        )
         self.name = name
         self.scale = 1.0 / (255.0 * std)
         self.shift = -mean / std

@@ -115,30 +115,16 @@ def load_source(path: Path, dataset: str = "auto", image_size: int = 32, test_fr
 
 
 def download(name: str, root: Path) -> RawData:
-    """torchvision's download of cifar10 or cifar100 (needs network; raises when offline)."""
+    """torchvision's download of cifar10 or cifar100 (needs network; raises when offline): torchvision
+    fetches the official archive and checks its md5, then its python batches are read as an offline
+    copy of them would be (`_from_pickles`, CIFAR-100's superclasses included)."""
     from torchvision.datasets import CIFAR10, CIFAR100
 
     dataset_class = {"cifar10": CIFAR10, "cifar100": CIFAR100}[name]
-    splits, coarse = {}, {}
-    for split in SPLITS:
-        ds = dataset_class(root=str(root), train=split == "train", download=True)
-        splits[split] = _from_hwc(ds.data, ds.targets)
-    if name == "cifar10":
-        return RawData(name, splits, CIFAR10_CLASSES)
-    # torchvision keeps CIFAR-100's superclasses in the files it downloaded, not on the data set
+    dataset_class(root=str(root), train=True, download=True)  # the whole archive, both splits' files
     folder = Path(root) / dataset_class.base_folder
-    entries = {f"cifar-100-python/{n}": (folder / n).read_bytes() for n in ("train", "test", "meta")}
-    raw = _from_pickles(Path(root), entries, ("cifar100", "cifar-100-python/"))
-    for split in SPLITS:
-        coarse[split] = raw.coarse_labels[split]
-        if not torch.equal(raw.splits[split].labels, splits[split].labels):
-            raise UserError(f"{folder}: torchvision's CIFAR-100 labels disagree with its files; delete it and retry")
-    return raw
-
-
-def _from_hwc(images_hwc: np.ndarray, targets: list[int]) -> RawSplit:
-    images = torch.from_numpy(np.ascontiguousarray(images_hwc)).permute(0, 3, 1, 2).contiguous()
-    return RawSplit(images, torch.as_tensor(targets, dtype=torch.int64))
+    entries = {f"{folder.name}/{file.name}": file.read_bytes() for file in folder.iterdir() if file.is_file()}
+    return _from_pickles(folder, entries, (name, f"{folder.name}/"))
 
 
 # --- the official python batches ------------------------------------------------------------------

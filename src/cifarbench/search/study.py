@@ -36,7 +36,7 @@ def study_storage(storage: str | None, sweep_dir: Path) -> optuna.storages.BaseS
         path = Path(storage.removeprefix("journal:").removeprefix("//")).expanduser()
         if not path.parent.is_dir():
             raise UserError(f"hydra.sweeper.storage={storage}: the folder {path.parent} does not exist")
-        # the open(O_EXCL) lock works on network file systems, where a symlink lock may not
+        # Optuna's lock by open(O_EXCL), for file systems where its default symlink lock is not available
         return optuna.storages.JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path))))
     if not storage:
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -104,7 +104,8 @@ def trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return counted(study.get_trials(deepcopy=False))
 
 
-def running(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+def unfinished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Trials still to end: running (here or in another worker) or enqueued and not yet taken."""
     from optuna.trial import TrialState
 
     return [t for t in trials(study) if t.state in (TrialState.RUNNING, TrialState.WAITING)]

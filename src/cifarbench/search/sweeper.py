@@ -22,11 +22,11 @@ from cifarbench.search.space import checked_space, sweeper_params
 from cifarbench.search.study import (
     best_test_accuracy,
     count_finished,
-    running,
     same_search,
     state_counts,
     study_storage,
     trials,
+    unfinished,
     waiting,
 )
 from cifarbench.search.summary import objective, params_text, write_search_summary
@@ -126,7 +126,7 @@ class Search:
                     log.error("search: stopped: its first trials all failed (see each trial's train.log)")
                     return
                 continue
-            if not running(study):
+            if not unfinished(study):
                 return
             # others' trials run; one may go stale, or the last may end (then this worker is done)
             time.sleep(min(float(self.sweeper.heartbeat_seconds), POLL_SECONDS))
@@ -150,11 +150,11 @@ class Search:
     def _finish(self, study: optuna.Study, monitor: str) -> None:
         """The best trial's test, read once for the study: here when this worker sees the study's
         last trial finished, else left to the worker that does (or to `cifarbench search finish`)."""
-        unfinished = running(study)
-        if unfinished:
+        still_open = unfinished(study)
+        if still_open:
             write_search_summary(self.sweep_dir, study, monitor)
             print(
-                f"search: this worker is done; trials {', '.join(str(t.number) for t in unfinished)} run in other "
+                f"search: this worker is done; trials {', '.join(str(t.number) for t in still_open)} run in other "
                 f"workers, and the one that finishes last tests the best trial (or: cifarbench search finish "
                 f"{self.sweep_dir})"
             )
@@ -247,10 +247,10 @@ def finish_search(sweep_dir: Path, storage: str | None, study_name: str) -> None
         study = optuna.load_study(study_name=study_name, storage=study_storage(storage, sweep_dir))
     except KeyError:
         raise UserError(f"no study named {study_name!r} in that storage; give --study-name as the search's") from None
-    unfinished = running(study)
-    if unfinished:
+    still_open = unfinished(study)
+    if still_open:
         raise UserError(
-            f"trials {', '.join(str(t.number) for t in unfinished)} have not finished; let their workers end them "
+            f"trials {', '.join(str(t.number) for t in still_open)} have not finished; let their workers end them "
             "(a trial whose worker is gone is taken over by the next worker started with the search's command)"
         )
     report_finished_study(sweep_dir, study, str(study.user_attrs.get(MONITOR_ATTR, "val_acc")))
