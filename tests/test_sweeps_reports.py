@@ -302,7 +302,10 @@ def test_a_grid_job_is_compared_with_its_own_cell_of_the_table() -> None:
     config = OmegaConf.to_container(table2, resolve=True)
     figure = {"metric": "test_acc", "value": 85.1, "source": "004 Table 2", "note": table2.reported.note,
               "loss": 0.482, "comparable": None}  # fmt: skip
-    assert Run(Path("x"), "completed", config=config).reported == figure
+    reported = Run(Path("x"), "completed", config=config).reported
+    scope = config["model"]["dropout_scope"]
+    assert reported.pop("reading").startswith(f"Reading: {scope} dropout")  # r004_kerascnn's readings, shared
+    assert reported == figure
     config["batch_size"] = 32  # no cell of Table 2, and the grid's preset has no figure of its own
     assert Run(Path("x"), "completed", config=config).reported is None
     assert Run(Path("x"), "completed", config=OmegaConf.to_container(table1)).reported["value"] == 80.75
@@ -445,3 +448,41 @@ def test_two_presets_that_train_the_same_config_are_two_recipes() -> None:
         ("r004_kerascnn", 1, 80.75),
         ("r004_table2", 1, 85.2),
     ]
+
+
+def test_a_run_is_labelled_with_the_reading_it_trained_when_the_preset_no_longer_gives_it() -> None:
+    """A preset's default reading may change after its runs (004's dropout: rising, then what validation
+    favoured). A run whose saved model settings the preset no longer composes to is labelled with them,
+    as if overridden, and is one recipe with runs that did override them; a run saved before the
+    readings were options (no dropout_scope, convs_per_block or init in its config) trained the model
+    class's defaults. Each row carries its reading's note."""
+    from cifarbench.report.recipes import recipes
+    from cifarbench.runs import Run
+
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        now = OmegaConf.to_container(compose("config", overrides=["experiment=r004_kerascnn"]), resolve=True)
+    scope = now["model"]["dropout_scope"]
+    other = {"rising": "uniform", "uniform": "rising"}[scope]
+
+    def run(model: dict, *overrides: str) -> Run:
+        return Run(Path("x"), "completed", {**now, "model": model}, {"test": {"accuracy": 76.0}},
+                   choices={"experiment": "r004_kerascnn", "model": "kerascnn"},
+                   overrides=["experiment=r004_kerascnn", "progress=false", *overrides])  # fmt: skip
+
+    changed = run({**now["model"], "dropout_scope": other})  # trained when `other` was the default
+    overridden = run({**now["model"], "dropout_scope": other}, f"model.dropout_scope={other}")
+    current = run(now["model"])
+    assert changed.since == [f"model.dropout_scope={other}"] and overridden.since == [] and current.since == []
+    assert changed.label == overridden.label == f"r004_kerascnn model.dropout_scope={other}"
+    assert current.label == "r004_kerascnn"
+    entries = {e["recipe"]: e for e in recipes([changed, overridden, current])}
+    expected = {"r004_kerascnn": 1, f"r004_kerascnn model.dropout_scope={other}": 2}
+    assert {k: e["n"] for k, e in entries.items()} == expected
+    assert entries["r004_kerascnn"]["note"].startswith(f"Reading: {scope} dropout")
+    assert entries[f"r004_kerascnn model.dropout_scope={other}"]["note"].startswith(f"Reading: {other} dropout")
+
+    readings = ("dropout_scope", "convs_per_block", "init")
+    before = run({k: v for k, v in now["model"].items() if k not in readings})
+    class_defaults = {"dropout_scope": "rising", "convs_per_block": 1, "init": "torch"}
+    assert before.trained_config["model"] == {**now["model"], **class_defaults}
+    assert before.since == ([] if scope == "rising" else ["model.dropout_scope=rising"])

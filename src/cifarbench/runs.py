@@ -108,7 +108,9 @@ class Run:
         comparable]}; `loss` is the report's test loss where it gives one, `comparable: false` marks a
         figure that is not a measurement of this recipe, its note saying why): the
         preset's `reported`, or the cell of it whose `when` the run's config matches (e.g. one
-        cell of 004's Table 2 for a job of the grid sweep). None where the report gives none, and for
+        cell of 004's Table 2 for a job of the grid sweep), with `reading`: the notes of the preset's
+        `readings` the run's model settings match (an ambiguous text read one way, e.g.
+        `model.dropout_scope`), shown beside its row whatever its difference. None where the report gives none, and for
         a run on another data set than CIFAR-10, which every reported figure is about.
         It is a fact about the report, so the preset as it is now has the last word (a note or a
         correction added after the run); the run's own saved copy is used when the preset is gone."""
@@ -121,8 +123,10 @@ class Run:
             return None
         figure = {k: reported.get(k) for k in ("metric", "value", "source", "note", "loss", "comparable")}
         for cell in reported.get("cells") or []:
-            if _matches(self.config, cell.get("when", {})):
+            if _matches(self.trained_config, cell.get("when", {})):
                 figure.update({k: v for k, v in cell.items() if k != "when"})
+        readings = [r["note"] for r in reported.get("readings") or [] if _matches(self.trained_config, r["when"])]
+        figure["reading"] = " ".join(readings) or None
         return figure if figure["value"] is not None else None
 
     def measured(self, metric: str) -> float | None:
@@ -158,7 +162,7 @@ class Run:
         """What the run trained, seeds aside: runs with the same recipe differ only in their seed.
         The preset is part of it: it names the experiment, and so the report figure a run is held
         against (r004_kerascnn and the grid's cell of r004_table2 train the same config)."""
-        config = {k: v for k, v in flatten(self.config).items() if not _seed_or_location(k)}
+        config = {k: v for k, v in flatten(self.trained_config).items() if not _seed_or_location(k)}
         return json.dumps({"preset": self.preset, "dataset": self.dataset, **config}, sort_keys=True, default=str)
 
     @property
@@ -167,7 +171,37 @@ class Run:
         overrides = [o for o in self.key_overrides if not _seed_or_location(o.lstrip("+~").split("=", 1)[0])]
         overrides = [_short_override(o) for o in overrides if not o.startswith(("experiment=", "name="))]
         folder = [f"({self.dataset})"] if self.dataset.startswith("folder:") else []  # its source is not an override
-        return " ".join([str(self.preset or self.config.get("name", self.model)), *overrides, *folder])
+        return " ".join([str(self.preset or self.config.get("name", self.model)), *overrides, *self.since, *folder])
+
+    @property
+    def trained_config(self) -> dict[str, Any]:
+        """The saved config, its model's settings complete (models.model_settings): a run from before
+        an option existed trained at the model's default of it."""
+        from cifarbench.models import model_settings
+
+        model = self.config.get("model")
+        return {**self.config, "model": model_settings(model)} if isinstance(model, dict) else self.config
+
+    @property
+    def since(self) -> list[str]:
+        """The model settings this run trained with that its preset and overrides no longer give
+        (a default changed since, e.g. `model.dropout_scope=rising` for 004's Keras CNN before the
+        preset took the reading validation favoured), as overrides: a run's label says what it trained."""
+        if not self.preset or not isinstance(self.config.get("model"), dict):
+            return []
+        overrides = self.key_overrides
+        if not any(o.startswith(("experiment=", "search=")) for o in overrides):
+            overrides = [f"experiment={self.preset}", *overrides]  # chosen by a sweep over presets
+        now = _model_now(tuple(overrides))
+        if now is None:
+            return []
+        overridden = {o.lstrip("+~").split("=", 1)[0] for o in self.overrides}
+        trained = self.trained_config["model"]
+        return [
+            f"model.{key}={trained[key]}"
+            for key, value in now.items()
+            if key != "_target_" and f"model.{key}" not in overridden and key in trained and trained[key] != value
+        ]
 
 
 def short_number(value: Any) -> Any:
@@ -188,9 +222,29 @@ NO_PRESET = object()
 
 
 @functools.cache
+def _model_now(overrides: tuple[str, ...]) -> dict[str, Any] | None:
+    """The model settings these overrides compose to with conf/ as it is now; None where they no
+    longer compose (a preset or option since removed)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from cifarbench.config import config_dir, register_resolvers
+    from cifarbench.models import model_settings
+
+    register_resolvers()
+    try:
+        with initialize_config_dir(str(config_dir()), version_base="1.3"):
+            model = compose("config", overrides=list(overrides)).model
+        return model_settings(OmegaConf.to_container(model, resolve=True))
+    except Exception:  # any reason it no longer composes means: nothing to compare with
+        return None
+
+
+@functools.cache
 def preset_reported(search: str | None, experiment: str | None) -> Any:
     """The `reported` entry (a dict, or None) of the run's search preset (conf/search/), or else of
-    its experiment preset (conf/experiment/); NO_PRESET when neither file exists any more."""
+    its experiment preset (conf/experiment/); NO_PRESET when neither file exists any more. A preset
+    built on another (r004_table2 on r004_kerascnn, in its defaults list) shares that one's `readings`."""
     from cifarbench.config import config_dir
 
     for group, name in (("search", search), ("experiment", experiment)):
@@ -199,7 +253,14 @@ def preset_reported(search: str | None, experiment: str | None) -> Any:
         text = _read_yaml(config_dir() / group / f"{name}.yaml")
         if isinstance(text, dict):
             figure = text.get("reported")
-            return figure if isinstance(figure, dict) else None
+            if not isinstance(figure, dict):
+                return None
+            bases = [b for b in text.get("defaults") or [] if isinstance(b, str) and b != "_self_"]
+            for base in bases if "readings" not in figure else []:
+                inherited = _read_yaml(config_dir() / group / f"{base}.yaml") or {}
+                readings = (inherited.get("reported") or {}).get("readings")
+                figure = {**figure, "readings": readings} if readings else figure
+            return figure
     return NO_PRESET
 
 

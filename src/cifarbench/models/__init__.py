@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Mapping
+from typing import Any
+
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -16,7 +20,7 @@ def build_model(model_cfg: DictConfig, num_classes: int = 10, image_size: int = 
     """The model `model_cfg` names, for `num_classes` classes of image_size x image_size images (the
     data's: a model class with IMAGE_SIZE is built for that size alone). `init: keras` (the Keras-built
     report models) re-initialises it with Keras's defaults, which are not knobs of the model class."""
-    init = model_cfg.get("init", "torch")
+    init = model_cfg.get("init", INITS[0])
     check_choice("model.init", init, INITS)
     # num_classes: written in model configs before it came from the data (runs saved then have it)
     if model_cfg.get("num_classes", num_classes) != num_classes:
@@ -34,6 +38,25 @@ def build_model(model_cfg: DictConfig, num_classes: int = 10, image_size: int = 
         )
     model = instantiate(knobs, num_classes=num_classes, _convert_="all")
     return keras_init(model) if init == "keras" else model
+
+
+def model_settings(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """`model_cfg` with every knob it leaves out at the value build_model builds it with: `init`
+    torch and the model class's own defaults. A run saved before an option existed was built that
+    way, so this is what it trained (the defaults in conf/model may since have changed)."""
+    settings = dict(model_cfg)
+    settings.setdefault("init", INITS[0])
+    if "_target_" not in settings:
+        return settings
+    try:
+        parameters = inspect.signature(get_object(str(settings["_target_"]))).parameters.values()
+    except (ImportError, ValueError, TypeError):
+        return settings  # a class that is gone: what was saved is all there is
+    for parameter in parameters:
+        if parameter.default is not inspect.Parameter.empty and parameter.name != "num_classes":
+            default = parameter.default
+            settings.setdefault(parameter.name, list(default) if isinstance(default, tuple) else default)
+    return settings
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

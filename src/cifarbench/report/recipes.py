@@ -71,7 +71,7 @@ def recipes(runs: list[Run]) -> list[dict[str, Any]]:
                 "minutes": spread([r.minutes for r in done]),
                 "hardware": "; ".join(dict.fromkeys(r.hardware for r in done if r.hardware)) or None,
                 "status": ", ".join(f"{count} {status}" for status, count in statuses.items()),
-                "note": reported.get("note") if reported and _shows_note(difference) else None,
+                "note": _note(reported, difference),
             }
         )
     return sorted(entries, key=lambda e: e["recipe"])
@@ -83,6 +83,14 @@ def against(measured: float | None, reported: dict[str, Any] | None) -> float | 
     if measured is None or not reported or reported.get("value") is None:
         return None
     return NOT_COMPARABLE if reported.get("comparable") is False else round(measured - reported["value"], 2)
+
+
+def _note(reported: dict[str, Any] | None, difference: float | str | None) -> str | None:
+    """Which reading of the report the row is (always), and the report's note where it explains the difference."""
+    if not reported:
+        return None
+    notes = [reported.get("reading"), reported.get("note") if _shows_note(difference) else None]
+    return " ".join(n for n in notes if n) or None
 
 
 def _shows_note(difference: float | str | None) -> bool:
