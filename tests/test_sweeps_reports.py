@@ -481,6 +481,10 @@ def test_a_run_is_labelled_with_the_reading_it_trained_when_the_preset_no_longer
     assert entries["r004_kerascnn"]["note"].startswith(f"Reading: {scope} dropout")
     assert entries[f"r004_kerascnn model.dropout_scope={other}"]["note"].startswith(f"Reading: {other} dropout")
 
+    two_convs = run({**now["model"], "convs_per_block": 2}, "model.convs_per_block=2")
+    assert two_convs.reported["reading"].startswith("Reading: two convolutions a block.")  # its own reading first
+    assert f"Reading: {scope} dropout." in two_convs.reported["reading"]
+
     readings = ("dropout_scope", "convs_per_block", "init")
     before = run({k: v for k, v in now["model"].items() if k not in readings})
     class_defaults = {"dropout_scope": "rising", "convs_per_block": 1, "init": "torch"}

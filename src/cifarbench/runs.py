@@ -23,6 +23,7 @@ WHERE_AND_HOW = (
     "device",
     "resume",
     "overwrite",
+    "precision_cache",
     "threads",
     "eval_batch_size",
     "logger",
@@ -125,8 +126,10 @@ class Run:
         for cell in reported.get("cells") or []:
             if _matches(self.trained_config, cell.get("when", {})):
                 figure.update({k: v for k, v in cell.items() if k != "when"})
-        readings = [r["note"] for r in reported.get("readings") or [] if _matches(self.trained_config, r["when"])]
-        figure["reading"] = " ".join(readings) or None
+        readings = [r for r in reported.get("readings") or [] if _matches(self.trained_config, r["when"])]
+        named = {o.lstrip("+~").split("=", 1)[0] for o in [*self.overrides, *self.since]}
+        readings.sort(key=lambda r: not set(flatten(r["when"])) & named)  # the row's own overrides first
+        figure["reading"] = " ".join(r["note"] for r in readings) or None
         return figure if figure["value"] is not None else None
 
     def measured(self, metric: str) -> float | None:
