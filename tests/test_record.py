@@ -29,10 +29,11 @@ def test_every_record_says_its_format_and_a_known_status(tmp_path: Path) -> None
     assert record.read(tmp_path)["status"] == record.FAILED
 
 
-def test_the_records_in_docs_runs_predate_the_format_and_still_read() -> None:
+def test_the_records_in_docs_runs_old_and_new_read() -> None:
     runs = find_runs([DOCS_RUNS])
     assert len(runs) >= 10
-    assert {run.metrics["format"] for run in runs} == {0}  # written before the field existed
+    formats = [run.metrics["format"] for run in runs]
+    assert formats.count(0) >= 10 and set(formats) <= {0, record.FORMAT}  # most written before the field existed
     assert {run.status for run in runs} <= set(record.STATUSES)
     assert all(run.test("accuracy") is not None for run in runs if run.status == record.COMPLETED)
 

@@ -279,8 +279,10 @@ def _matches(config: dict[str, Any], when: dict[str, Any]) -> bool:
 
 
 def _seed_or_location(key: str) -> bool:
-    """Keys that say which seed or where, not what was trained (`augmentation.flip_seed` follows `seed`)."""
-    return key.endswith("seed") or key.startswith((*WHERE_AND_HOW, "name", "reported"))
+    """Keys that say which seed or where, or describe the preset (its name, the report's figures and
+    data sets), not what was trained (`augmentation.flip_seed` follows `seed`; `data.name` is in the
+    recipe as its data set, which runs from before it read as cifar10)."""
+    return key.endswith("seed") or key.startswith((*WHERE_AND_HOW, "name", "reported", "datasets", "data.name"))
 
 
 def is_run_dir(path: Path) -> bool:

@@ -44,7 +44,7 @@ def model_settings(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
     """`model_cfg` with every knob it leaves out at the value build_model builds it with: `init`
     torch and the model class's own defaults. A run saved before an option existed was built that
     way, so this is what it trained (the defaults in conf/model may since have changed)."""
-    settings = dict(model_cfg)
+    settings = {k: v for k, v in model_cfg.items() if k != "num_classes"}  # the data's, saved by older runs
     settings.setdefault("init", INITS[0])
     if "_target_" not in settings:
         return settings
