@@ -127,7 +127,7 @@ class Run:
             if _matches(self.trained_config, cell.get("when", {})):
                 figure.update({k: v for k, v in cell.items() if k != "when"})
         readings = [r for r in reported.get("readings") or [] if _matches(self.trained_config, r["when"])]
-        named = {o.lstrip("+~").split("=", 1)[0] for o in [*self.overrides, *self.since]}
+        named = {_override_key(o) for o in [*self.overrides, *self.since]}
         readings.sort(key=lambda r: not set(flatten(r["when"])) & named)  # the row's own overrides first
         figure["reading"] = " ".join(r["note"] for r in readings) or None
         return figure if figure["value"] is not None else None
@@ -165,18 +165,18 @@ class Run:
         """What the run trained, seeds aside: runs with the same recipe differ only in their seed.
         The preset is part of it: it names the experiment, and so the report figure a run is held
         against (r004_kerascnn and the grid's cell of r004_table2 train the same config)."""
-        config = {k: v for k, v in flatten(self.trained_config).items() if not _seed_or_location(k)}
+        config = {k: v for k, v in flatten(self.trained_config).items() if not _not_what_was_trained(k)}
         return json.dumps({"preset": self.preset, "dataset": self.dataset, **config}, sort_keys=True, default=str)
 
     @property
     def label(self) -> str:
         """A short name of the recipe: the preset (or run name) and its overrides, seeds aside."""
-        overrides = [o for o in self.key_overrides if not _seed_or_location(o.lstrip("+~").split("=", 1)[0])]
+        overrides = [o for o in self.key_overrides if not _not_what_was_trained(_override_key(o))]
         overrides = [_short_override(o) for o in overrides if not o.startswith(("experiment=", "name="))]
         folder = [f"({self.dataset})"] if self.dataset.startswith("folder:") else []  # its source is not an override
         return " ".join([str(self.preset or self.config.get("name", self.model)), *overrides, *self.since, *folder])
 
-    @property
+    @functools.cached_property
     def trained_config(self) -> dict[str, Any]:
         """The saved config, its model's settings complete (models.model_settings): a run from before
         an option existed trained at the model's default of it."""
@@ -185,7 +185,7 @@ class Run:
         model = self.config.get("model")
         return {**self.config, "model": model_settings(model)} if isinstance(model, dict) else self.config
 
-    @property
+    @functools.cached_property
     def since(self) -> list[str]:
         """The model settings this run trained with that its preset and overrides no longer give
         (a default changed since, e.g. `model.dropout_scope=rising` for 004's Keras CNN before the
@@ -198,7 +198,7 @@ class Run:
         now = _model_now(tuple(overrides))
         if now is None:
             return []
-        overridden = {o.lstrip("+~").split("=", 1)[0] for o in self.overrides}
+        overridden = {_override_key(o) for o in self.overrides}
         trained = self.trained_config["model"]
         return [
             f"model.{key}={trained[key]}"
@@ -278,7 +278,12 @@ def _matches(config: dict[str, Any], when: dict[str, Any]) -> bool:
     return True
 
 
-def _seed_or_location(key: str) -> bool:
+def _override_key(override: str) -> str:
+    """`model.dropout` of `+model.dropout=0.4`."""
+    return override.lstrip("+~").split("=", 1)[0]
+
+
+def _not_what_was_trained(key: str) -> bool:
     """Keys that say which seed or where, or describe the preset (its name, the report's figures and
     data sets), not what was trained (`augmentation.flip_seed` follows `seed`; `data.name` is in the
     recipe as its data set, which runs from before it read as cifar10)."""

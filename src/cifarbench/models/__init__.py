@@ -44,18 +44,16 @@ def model_settings(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
     """`model_cfg` with every knob it leaves out at the value build_model builds it with: `init`
     torch and the model class's own defaults. A run saved before an option existed was built that
     way, so this is what it trained (the defaults in conf/model may since have changed)."""
-    settings = {k: v for k, v in model_cfg.items() if k != "num_classes"}  # the data's, saved by older runs
-    settings.setdefault("init", INITS[0])
-    if "_target_" not in settings:
-        return settings
+    settings = {"init": INITS[0], **model_cfg}
     try:
         parameters = inspect.signature(get_object(str(settings["_target_"]))).parameters.values()
-    except (ImportError, ValueError, TypeError):
-        return settings  # a class that is gone: what was saved is all there is
+    except (KeyError, ImportError, ValueError, TypeError):
+        parameters = []  # no class named, or one that is gone: what was saved is all there is
     for parameter in parameters:
-        if parameter.default is not inspect.Parameter.empty and parameter.name != "num_classes":
+        if parameter.default is not inspect.Parameter.empty:
             default = parameter.default
             settings.setdefault(parameter.name, list(default) if isinstance(default, tuple) else default)
+    settings.pop("num_classes", None)  # the data's (older runs saved it), not a setting of the model
     return settings
 
 
