@@ -456,7 +456,8 @@ def test_a_run_is_labelled_with_the_reading_it_trained_when_the_preset_no_longer
     favoured). A run whose saved model settings the preset no longer composes to is labelled with them,
     as if overridden, and is one recipe with runs that did override them; a run saved before the
     readings were options (no dropout_scope, convs_per_block or init in its config) trained the model
-    class's defaults. Each row carries its reading's note."""
+    class's defaults; one that chose a reading the preset now gives is the preset's row. Each row
+    carries its reading's note."""
     from cifarbench.report.recipes import recipes
     from cifarbench.runs import Run
 
@@ -473,21 +474,25 @@ def test_a_run_is_labelled_with_the_reading_it_trained_when_the_preset_no_longer
     changed = run({**now["model"], "dropout_scope": other})  # trained when `other` was the default
     overridden = run({**now["model"], "dropout_scope": other}, f"model.dropout_scope={other}")
     current = run(now["model"])
+    given = run(now["model"], f"model.dropout_scope={scope}")  # chosen before the preset took it as its default
     assert changed.since == [f"model.dropout_scope={other}"] and overridden.since == [] and current.since == []
     assert changed.label == overridden.label == f"r004_kerascnn model.dropout_scope={other}"
-    assert current.label == "r004_kerascnn"
-    entries = {e["recipe"]: e for e in recipes([changed, overridden, current])}
-    expected = {"r004_kerascnn": 1, f"r004_kerascnn model.dropout_scope={other}": 2}
+    assert current.label == given.label == "r004_kerascnn"
+    entries = {e["recipe"]: e for e in recipes([changed, overridden, current, given])}
+    expected = {"r004_kerascnn": 2, f"r004_kerascnn model.dropout_scope={other}": 2}
     assert {k: e["n"] for k, e in entries.items()} == expected
     assert entries["r004_kerascnn"]["note"].startswith(f"Reading: {scope} dropout")
     assert entries[f"r004_kerascnn model.dropout_scope={other}"]["note"].startswith(f"Reading: {other} dropout")
 
-    two_convs = run({**now["model"], "convs_per_block": 2}, "model.convs_per_block=2")
-    assert two_convs.reported["reading"].startswith("Reading: two convolutions a block.")  # its own reading first
-    assert f"Reading: {scope} dropout." in two_convs.reported["reading"]
+    convs = 3 - now["model"]["convs_per_block"]  # the reading the preset does not give: 1 or 2
+    other_convs = run({**now["model"], "convs_per_block": convs}, f"model.convs_per_block={convs}")
+    own = {1: "Reading: one convolution a block.", 2: "Reading: two convolutions a block."}[convs]
+    assert other_convs.reported["reading"].startswith(own)  # its own reading first
+    assert f"Reading: {scope} dropout." in other_convs.reported["reading"]
 
     readings = ("dropout_scope", "convs_per_block", "init")
     before = run({k: v for k, v in now["model"].items() if k not in readings})
     class_defaults = {"dropout_scope": "rising", "convs_per_block": 1, "init": "torch"}
     assert before.trained_config["model"] == {**now["model"], **class_defaults}
-    assert before.since == ([] if scope == "rising" else ["model.dropout_scope=rising"])
+    now_differs = {f"model.{key}={value}" for key, value in class_defaults.items() if now["model"][key] != value}
+    assert set(before.since) == now_differs

@@ -127,7 +127,7 @@ class Run:
             if _matches(self.trained_config, cell.get("when", {})):
                 figure.update({k: v for k, v in cell.items() if k != "when"})
         readings = [r for r in reported.get("readings") or [] if _matches(self.trained_config, r["when"])]
-        named = {_override_key(o) for o in [*self.overrides, *self.since]}
+        named = {_override_key(o) for o in [*self.named_overrides, *self.since]}
         readings.sort(key=lambda r: not set(flatten(r["when"])) & named)  # the row's own overrides first
         figure["reading"] = " ".join(r["note"] for r in readings) or None
         return figure if figure["value"] is not None else None
@@ -171,7 +171,7 @@ class Run:
     @property
     def label(self) -> str:
         """A short name of the recipe: the preset (or run name) and its overrides, seeds aside."""
-        overrides = [o for o in self.key_overrides if not _not_what_was_trained(_override_key(o))]
+        overrides = [o for o in self.named_overrides if not _not_what_was_trained(_override_key(o))]
         overrides = [_short_override(o) for o in overrides if not o.startswith(("experiment=", "name="))]
         folder = [f"({self.dataset})"] if self.dataset.startswith("folder:") else []  # its source is not an override
         return " ".join([str(self.preset or self.config.get("name", self.model)), *overrides, *self.since, *folder])
@@ -192,10 +192,7 @@ class Run:
         preset took the reading validation favoured), as overrides: a run's label says what it trained."""
         if not self.preset or not isinstance(self.config.get("model"), dict):
             return []
-        overrides = self.key_overrides
-        if not any(o.startswith(("experiment=", "search=")) for o in overrides):
-            overrides = [f"experiment={self.preset}", *overrides]  # chosen by a sweep over presets
-        now = _model_now(tuple(overrides))
+        now = _model_now(self._composing(self.key_overrides))
         if now is None:
             return []
         overridden = {_override_key(o) for o in self.overrides}
@@ -205,6 +202,34 @@ class Run:
             for key, value in now.items()
             if key != "_target_" and f"model.{key}" not in overridden and key in trained and trained[key] != value
         ]
+
+    @functools.cached_property
+    def named_overrides(self) -> list[str]:
+        """key_overrides less the readings (the keys of its preset's `readings`) that the preset
+        now gives anyway: a run that chose `model.convs_per_block=2` before the preset took it as its
+        default trained the preset as it is now, and is labelled as its row."""
+        reported = preset_reported(self.choices.get("search"), self.choices.get("experiment"))
+        readings = reported.get("readings") if isinstance(reported, dict) else None
+        reading_keys = {key for reading in readings or [] for key in flatten(reading["when"])}
+        chosen = [o for o in self.key_overrides if _override_key(o) in reading_keys]
+        trained = self.trained_config.get("model")
+        if not chosen or not self.preset or not isinstance(trained, dict):
+            return self.key_overrides
+        now = _model_now(self._composing([o for o in self.key_overrides if o not in chosen]))
+        if now is None:
+            return self.key_overrides
+        given = {
+            o
+            for o in chosen
+            if (key := _override_key(o).removeprefix("model.")) in now and now[key] == trained.get(key)
+        }
+        return [o for o in self.key_overrides if o not in given]
+
+    def _composing(self, overrides: list[str]) -> tuple[str, ...]:
+        """`overrides` with the run's preset, which a sweep over presets chose outside them."""
+        if not any(o.startswith(("experiment=", "search=")) for o in overrides):
+            overrides = [f"experiment={self.preset}", *overrides]
+        return tuple(overrides)
 
 
 def short_number(value: Any) -> Any:

@@ -13,15 +13,18 @@ class KerasCNN(nn.Module):
     """Three blocks conv 3x3 (32, 64, 128) + ReLU, batch norm, max-pool 2, dropout; Flatten;
     Dense 128 + ReLU, dropout; output 10. 357,258 parameters (Keras: 357,706 with BN statistics).
 
-    004 is ambiguous in two places, and each reading is an option (docs/results.md measures them):
+    004 is ambiguous in two places, and each reading is an option (docs/experiments.md compares
+    them on validation; conf/model/kerascnn.yaml takes the one it favoured). The arguments' defaults
+    here are the first reading, which every run saved before the options existed trained: reports
+    read those runs' missing settings from them, so they must not change.
     - `dropout_scope`. "Dropout rates are set to 0.3 for early layers and up to 0.5 in deeper
-      layers" (its section 2) against Table 2's single "D/O Rate" per run. `rising` (the default):
-      the first block uses `dropout`, the rates rise linearly to `dropout_deep` at the last block,
-      and the dense layer uses `dropout_deep`. `uniform`: `dropout` after every block and the dense
-      layer, as one Table 2 rate would be read.
+      layers" (its section 2) against Table 2's single "D/O Rate" per run. `rising`: the first
+      block uses `dropout`, the rates rise linearly to `dropout_deep` at the last block, and the
+      dense layer uses `dropout_deep`. `uniform`: `dropout` after every block and the dense layer,
+      as one Table 2 rate would be read.
     - `convs_per_block`. "We use three convolutional layers, with increasing numbers of filters
-      (32, 64, 128) in each successive block": 1 (the default: three layers in all) or 2 (each
-      block two convolutions, VGG-style; 551,466 parameters).
+      (32, 64, 128) in each successive block": 1 (three layers in all) or 2 (each block two
+      convolutions, VGG-style; 551,466 parameters).
     Batch norm follows every convolution ("After each convolutional layer ... we apply batch
     normalization"). Inferred: the middle rates and 'same' padding (the report states neither;
     'valid' would give 161,098). Keras's own initialisation: `init: keras` (models/keras_init.py).
