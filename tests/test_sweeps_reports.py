@@ -496,3 +496,21 @@ def test_a_run_is_labelled_with_the_reading_it_trained_when_the_preset_no_longer
     assert before.trained_config["model"] == {**now["model"], **class_defaults}
     now_differs = {f"model.{key}={value}" for key, value in class_defaults.items() if now["model"][key] != value}
     assert set(before.since) == now_differs
+
+    # a run that overrode one reading and took the others by default: its notes in its label's order
+    keras = run({**now["model"], **class_defaults, "init": "keras"}, "model.init=keras")
+    assert keras.label.startswith("r004_kerascnn model.init=keras") and set(keras.since) == now_differs - {
+        "model.init=torch"
+    }
+    notes = keras.reported["reading"]
+    note_of = {
+        "model.dropout_scope=rising": "Reading: rising dropout.",
+        "model.convs_per_block=1": "Reading: one convolution a block.",
+    }
+    places = [notes.index(note_of[setting]) for setting in keras.since]
+    assert notes.startswith("Reading: Keras's defaults.") and places == sorted(places)
+
+    # `+key=` from before the key was in the model's config still composes (as `++key=`)
+    added = run({**now["model"], "convs_per_block": convs, "dropout_scope": other}, f"+model.convs_per_block={convs}")
+    assert added.since == [f"model.dropout_scope={other}"]
+    assert added.label == f"r004_kerascnn +model.convs_per_block={convs} model.dropout_scope={other}"

@@ -127,8 +127,12 @@ class Run:
             if _matches(self.trained_config, cell.get("when", {})):
                 figure.update({k: v for k, v in cell.items() if k != "when"})
         readings = [r for r in reported.get("readings") or [] if _matches(self.trained_config, r["when"])]
-        named = {_override_key(o) for o in [*self.named_overrides, *self.since]}
-        readings.sort(key=lambda r: not set(flatten(r["when"])) & named)  # the row's own overrides first
+        named = [_override_key(o) for o in [*self.named_overrides, *self.since]]
+
+        def place_in_label(reading: dict[str, Any]) -> int:  # the notes in the order of the label
+            return min((named.index(key) for key in flatten(reading["when"]) if key in named), default=len(named))
+
+        readings.sort(key=place_in_label)
         figure["reading"] = " ".join(r["note"] for r in readings) or None
         return figure if figure["value"] is not None else None
 
@@ -226,8 +230,11 @@ class Run:
         return [o for o in self.key_overrides if o not in given]
 
     def _composing(self, overrides: list[str]) -> tuple[str, ...]:
-        """`overrides` with the run's preset, which a sweep over presets chose outside them."""
-        if not any(o.startswith(("experiment=", "search=")) for o in overrides):
+        """`overrides` as they compose with conf/ now: with the run's preset, which a sweep over
+        presets chose outside them, and `+key=` as `++key=` (the key may since have become a default,
+        which `+` refuses to add again)."""
+        overrides = [f"+{o}" if o.startswith("+") and not o.startswith("++") else o for o in overrides]
+        if not any(o.lstrip("+").startswith(("experiment=", "search=")) for o in overrides):
             overrides = [f"experiment={self.preset}", *overrides]
         return tuple(overrides)
 

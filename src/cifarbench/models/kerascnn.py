@@ -11,7 +11,8 @@ from cifarbench.options import DROPOUT_SCOPES
 
 class KerasCNN(nn.Module):
     """Three blocks conv 3x3 (32, 64, 128) + ReLU, batch norm, max-pool 2, dropout; Flatten;
-    Dense 128 + ReLU, dropout; output 10. 357,258 parameters (Keras: 357,706 with BN statistics).
+    Dense 128 + ReLU, dropout; output 10. With the arguments' defaults (one convolution a block),
+    357,258 parameters (Keras: 357,706 with BN statistics); `model=kerascnn` builds two a block.
 
     004 is ambiguous in two places, and each reading is an option (docs/experiments.md compares
     them on validation; conf/model/kerascnn.yaml takes the one it favoured). The arguments' defaults
