@@ -244,3 +244,25 @@ def test_an_interrupted_grid_sweep_resumes_without_rerunning_finished_jobs(tmp_p
     result = subprocess.run(changed, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 2 and "holds a job of another config" in result.stderr
     assert (sweep_dir / "0" / "metrics.json").read_text() == finished  # its results are not overwritten
+
+
+def test_a_sweep_resumes_after_its_preset_notes_changed_but_not_after_a_trained_setting_did(tmp_path: Path) -> None:
+    """Between two runs of a sweep into one hydra.sweep.dir the preset's notes may change (a git
+    pull): the job is the same training and resumes; a setting it trains with changed is refused."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from cifarbench.config import config_dir, register_resolvers
+    from cifarbench.train_job import SweepDirTaken, finished_before
+
+    register_resolvers()
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        now = compose("config", overrides=["experiment=r004_table2", "model.dropout=0.4"])
+    saved = now.copy()
+    saved.reported.note = "the note as it was when the job started"
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(saved))
+    assert finished_before(tmp_path, now) is None  # unfinished, the same training: resumed, not refused
+    saved.model.dropout = 0.3
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(saved))
+    with pytest.raises(SweepDirTaken, match="holds a job of another config"):
+        finished_before(tmp_path, now)

@@ -152,6 +152,28 @@ def test_a_killed_worker_is_taken_over_and_nothing_is_lost(postgres: str, tmp_pa
     assert any("taking over trial 0" in out + err for out, err in outputs)
 
 
+def test_a_stale_trial_is_taken_over_once_however_the_workers_interleave(tmp_path: Path) -> None:
+    """Two workers read the study while a trial is stale; one claims it and beats for it before the
+    other claims. The other must not take it too (it would find the run directory in use and fail);
+    when the trial goes stale again, under its new worker, it is taken over again, once."""
+    from cifarbench.search.workers import HEARTBEAT_ATTR, stale, take_over
+
+    study = optuna.create_study()
+    trial_id = study.ask()._trial_id
+
+    def beat(seconds_ago: float, worker: str) -> None:
+        study._storage.set_trial_user_attr(trial_id, HEARTBEAT_ATTR, [time.time() - seconds_ago, worker])
+
+    beat(100, "host:1")  # its worker was killed 100 s ago
+    (seen_by_a,), (seen_by_b,) = stale(study, 6), stale(study, 6)
+    assert take_over(tmp_path, seen_by_a)
+    beat(0, "host:2")  # A beats for it at once
+    assert not take_over(tmp_path, seen_by_b) and stale(study, 6) == []
+    beat(100, "host:2")  # A is killed in turn
+    (again,) = stale(study, 6)
+    assert take_over(tmp_path, again) and not take_over(tmp_path, again)
+
+
 @pytest.mark.parametrize(
     ("storage", "message"),
     [

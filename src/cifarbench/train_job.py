@@ -150,8 +150,11 @@ def finished_before(run_dir: Path, cfg: DictConfig) -> dict | None:
 
 
 def _what_it_trains(cfg: DictConfig) -> dict:
+    """The config less where and how it runs, and less what its preset says of the report
+    (`reported`, `datasets`): a note corrected in the preset between two runs of a sweep is no
+    change of what its jobs train."""
     flat = flatten(OmegaConf.to_container(cfg, resolve=True))
-    return {k: v for k, v in flat.items() if not k.startswith(WHERE_AND_HOW)}
+    return {k: v for k, v in flat.items() if not k.startswith((*WHERE_AND_HOW, "reported", "datasets"))}
 
 
 def requeued(run_dir: Path) -> bool:

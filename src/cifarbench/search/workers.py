@@ -13,7 +13,8 @@ or test). The study is the source of truth; four rules keep the workers from col
   stale: its worker is gone.
 - **takeover**: a stale trial is taken over by one worker, keeping its number and run directory (so
   its checkpoint is resumed): the claim is a file created exclusively in the sweep directory
-  (`.claims/<trial>.<n>`), which exactly one worker can create. A killed worker that is started
+  (`.claims/<trial>.<worker>.<time>`, named by the last heartbeat the trial had, which every worker
+  that finds it stale reads alike), which exactly one worker can create. A killed worker that is started
   again takes its own trial back this way once it is stale; so does any other worker.
 - **the test, once**: the best trial's test is read by whichever worker sees the study's last trial
   finish, or by `cifarbench search finish`; the same exclusive claim file makes it one of them.
@@ -80,19 +81,28 @@ def stale(study: optuna.Study, stale_after: float) -> list[optuna.trial.FrozenTr
     from optuna.trial import TrialState
 
     now = time.time()
-    found = []
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        beat = trial.user_attrs.get(HEARTBEAT_ATTR)
-        last = beat[0] if beat else (trial.datetime_start.timestamp() if trial.datetime_start else 0.0)
-        if now - last > stale_after:
-            found.append(trial)
-    return found
+    return [
+        trial
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if now - _last_sign_of_life(trial)[0] > stale_after
+    ]
 
 
 def take_over(sweep_dir: Path, trial: optuna.trial.FrozenTrial) -> bool:
-    """Claims a stale trial for this worker; False when another worker claimed it first."""
-    done = len(list((sweep_dir / CLAIMS).glob(f"{trial.number}.*"))) if (sweep_dir / CLAIMS).is_dir() else 0
-    return claim(sweep_dir, f"{trial.number}.{done}")
+    """Claims a stale trial for this worker; False when another worker claimed it first. The claim
+    is named by the last heartbeat the trial's worker left, which every worker that finds the trial
+    stale read alike (a count of earlier claims was not: a worker counting just after another's
+    claim took the same trial over a second time)."""
+    when, worker = _last_sign_of_life(trial)
+    return claim(sweep_dir, f"{trial.number}.{worker}.{when:.3f}".replace("/", "_"))
+
+
+def _last_sign_of_life(trial: optuna.trial.FrozenTrial) -> tuple[float, str]:
+    """(unix time, worker) of the trial's last heartbeat; its start where it has none."""
+    beat = trial.user_attrs.get(HEARTBEAT_ATTR)
+    if beat:
+        return float(beat[0]), str(beat[1])
+    return (trial.datetime_start.timestamp() if trial.datetime_start else 0.0), "started"
 
 
 class Heartbeat:
