@@ -514,3 +514,5 @@ def test_a_run_is_labelled_with_the_reading_it_trained_when_the_preset_no_longer
     added = run({**now["model"], "convs_per_block": convs, "dropout_scope": other}, f"+model.convs_per_block={convs}")
     assert added.since == [f"model.dropout_scope={other}"]
     assert added.label == f"r004_kerascnn +model.convs_per_block={convs} model.dropout_scope={other}"
+    widened = run({**now["model"], "dense": 64, "dropout_scope": other}, "+model.dense=64")  # not a reading
+    assert widened.since == [f"model.dropout_scope={other}"]

@@ -32,6 +32,9 @@ WHERE_AND_HOW = (
     "data.source",
     "hydra.",
 )
+# What a preset says of its report (the figures and notes, the data sets they are about), not what
+# it trains: a note corrected after a run changes neither its recipe nor whether a sweep resumes it.
+ABOUT_THE_REPORT = ("reported", "datasets")
 
 
 TRIAL_ENV = "CIFARBENCH_OPTUNA_TRIAL"  # set in each search trial's job (search.py): its id in the study
@@ -194,9 +197,7 @@ class Run:
         """The model settings this run trained with that its preset and overrides no longer give
         (a default changed since, e.g. `model.dropout_scope=rising` for 004's Keras CNN before the
         preset took the reading validation favoured), as overrides: a run's label says what it trained."""
-        if not self.preset or not isinstance(self.config.get("model"), dict):
-            return []
-        now = _model_now(self._composing(self.key_overrides))
+        now = self._preset_now
         if now is None:
             return []
         overridden = {_override_key(o) for o in self.overrides}
@@ -212,31 +213,38 @@ class Run:
         """key_overrides less the readings (the keys of its preset's `readings`) that the preset
         now gives anyway: a run that chose `model.convs_per_block=2` before the preset took it as its
         default trained the preset as it is now, and is labelled as its row."""
+        now, trained = self._preset_now, self.trained_config.get("model")
+        if now is None or not isinstance(trained, dict):
+            return self.key_overrides
+
+        def given_anyway(override: str) -> bool:
+            key = _override_key(override)
+            setting = key.removeprefix("model.")
+            return key in self._reading_keys and setting in now and now[setting] == trained.get(setting)
+
+        return [o for o in self.key_overrides if not given_anyway(o)]
+
+    @functools.cached_property
+    def _reading_keys(self) -> set[str]:
+        """The keys its preset's `readings` are told apart by (e.g. `model.dropout_scope`)."""
         reported = preset_reported(self.choices.get("search"), self.choices.get("experiment"))
         readings = reported.get("readings") if isinstance(reported, dict) else None
-        reading_keys = {key for reading in readings or [] for key in flatten(reading["when"])}
-        chosen = [o for o in self.key_overrides if _override_key(o) in reading_keys]
-        trained = self.trained_config.get("model")
-        if not chosen or not self.preset or not isinstance(trained, dict):
-            return self.key_overrides
-        now = _model_now(self._composing([o for o in self.key_overrides if o not in chosen]))
-        if now is None:
-            return self.key_overrides
-        given = {
-            o
-            for o in chosen
-            if (key := _override_key(o).removeprefix("model.")) in now and now[key] == trained.get(key)
-        }
-        return [o for o in self.key_overrides if o not in given]
+        return {key for reading in readings or [] for key in flatten(reading["when"])}
 
-    def _composing(self, overrides: list[str]) -> tuple[str, ...]:
-        """`overrides` as they compose with conf/ now: with the run's preset, which a sweep over
-        presets chose outside them, and `+key=` as `++key=` (the key may since have become a default,
-        which `+` refuses to add again)."""
+    @functools.cached_property
+    def _preset_now(self) -> dict[str, Any] | None:
+        """The model settings its preset composes to with conf/ as it is now and the run's overrides
+        other than its readings (those the label weighs against this); None without a preset or model,
+        or where they no longer compose."""
+        if not self.preset or not isinstance(self.config.get("model"), dict):
+            return None
+        overrides = [o for o in self.key_overrides if _override_key(o) not in self._reading_keys]
+        # `+key=` as `++key=` (the key may since have become a default, which `+` refuses to add
+        # again), and the preset named where a sweep over presets chose it outside the overrides
         overrides = [f"+{o}" if o.startswith("+") and not o.startswith("++") else o for o in overrides]
         if not any(o.lstrip("+").startswith(("experiment=", "search=")) for o in overrides):
             overrides = [f"experiment={self.preset}", *overrides]
-        return tuple(overrides)
+        return _model_now(tuple(overrides))
 
 
 def short_number(value: Any) -> Any:
@@ -319,7 +327,7 @@ def _not_what_was_trained(key: str) -> bool:
     """Keys that say which seed or where, or describe the preset (its name, the report's figures and
     data sets), not what was trained (`augmentation.flip_seed` follows `seed`; `data.name` is in the
     recipe as its data set, which runs from before it read as cifar10)."""
-    return key.endswith("seed") or key.startswith((*WHERE_AND_HOW, "name", "reported", "datasets", "data.name"))
+    return key.endswith("seed") or key.startswith((*WHERE_AND_HOW, *ABOUT_THE_REPORT, "name", "data.name"))
 
 
 def is_run_dir(path: Path) -> bool:
