@@ -267,23 +267,28 @@ class TrainingState:
     def save(self, run_dir: Path, world: World) -> None:
         """last.pt first, then best.pt when the best epoch changed: a kill between the two writes
         leaves a last.pt that is complete on its own (it carries the best weights), and the best.pt
-        it left behind is rewritten by the resumed run's first save."""
+        it left behind is rewritten when the run is resumed (`save_best`)."""
         state = self.state_dict()  # every rank takes part in the gather
         if not world.is_main:
             return
-        folder = run_dir / "checkpoints"
-        save_checkpoint(folder / "last.pt", state)
+        save_checkpoint(run_dir / "checkpoints" / "last.pt", state)
         self.saved_epoch = self.epoch
-        if self.best_weights is not None and self.best_saved_epoch != self.tracker.best_epoch:
-            best = {
-                "format": FORMAT,
-                "epoch": self.tracker.best_epoch,
-                "config": self.config,
-                "data": self.data,
-                "model": self.best_weights,
-            }
-            save_checkpoint(folder / "best.pt", best)
-            self.best_saved_epoch = self.tracker.best_epoch
+        self.save_best(run_dir)
+
+    def save_best(self, run_dir: Path) -> None:
+        """best.pt, unless the one on disk already holds the best epoch. Called on resume too: a kill
+        in the last epoch leaves no later save to rewrite a best.pt older than last.pt."""
+        if self.best_weights is None or self.best_saved_epoch == self.tracker.best_epoch:
+            return
+        best = {
+            "format": FORMAT,
+            "epoch": self.tracker.best_epoch,
+            "config": self.config,
+            "data": self.data,
+            "model": self.best_weights,
+        }
+        save_checkpoint(run_dir / "checkpoints" / "best.pt", best)
+        self.best_saved_epoch = self.tracker.best_epoch
 
     @torch.no_grad()
     def sync_ranks(self, world: World) -> None:

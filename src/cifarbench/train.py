@@ -184,6 +184,8 @@ def fit(
 
     setup_seconds = (datetime.now() - started).total_seconds()
     try:
+        if resume is not None and main:
+            state.save_best(run_dir)  # it may be older than last.pt, and no epoch may be left to save
         stop_reason = run_epochs(cfg, state, step, batches, splits.val, run_dir, runtime, logger, after_epoch)
 
         test, tic = None, time.perf_counter()
