@@ -176,7 +176,7 @@ def test_a_full_disk_when_writing_a_sweeps_summary_is_one_line_and_keeps_the_job
 
     from cifarbench.sweep import SweepSummary
 
-    (recorded,) = (Path(__file__).resolve().parents[1] / "docs" / "runs" / "r004_table2").iterdir()
+    recorded = Path(__file__).resolve().parents[1] / "docs" / "runs" / "r004_table2" / "2026-12-02_20-27-50"  # 4 jobs
     sweep = tmp_path / "sweep"
     shutil.copytree(recorded, sweep)
     jobs = {p: p.read_bytes() for p in sweep.rglob("metrics.json")}
