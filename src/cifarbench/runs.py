@@ -323,11 +323,16 @@ def _override_key(override: str) -> str:
     return override.lstrip("+~").split("=", 1)[0]
 
 
+def beside_the_training(key: str) -> bool:
+    """A config key that says where or how a job runs, or what its preset says of the report: two
+    configs that differ only there train the same (a sweep resumes its job across them)."""
+    return key.startswith((*WHERE_AND_HOW, *ABOUT_THE_REPORT))
+
+
 def _not_what_was_trained(key: str) -> bool:
-    """Keys that say which seed or where, or describe the preset (its name, the report's figures and
-    data sets), not what was trained (`augmentation.flip_seed` follows `seed`; `data.name` is in the
-    recipe as its data set, which runs from before it read as cifar10)."""
-    return key.endswith("seed") or key.startswith((*WHERE_AND_HOW, *ABOUT_THE_REPORT, "name", "data.name"))
+    """For a recipe, also the seed and the run's name (`augmentation.flip_seed` follows `seed`;
+    `data.name` is in the recipe as its data set, which runs from before it read as cifar10)."""
+    return key.endswith("seed") or beside_the_training(key) or key.startswith(("name", "data.name"))
 
 
 def is_run_dir(path: Path) -> bool:

@@ -19,7 +19,7 @@ from cifarbench.errors import OutOfSpace, TrainingStopped, UserError
 from cifarbench.files import DiskFull, write_text_atomic
 from cifarbench.loggers import flatten
 from cifarbench.owner import RunDirInUse
-from cifarbench.runs import ABOUT_THE_REPORT, TRIAL_ENV, WHERE_AND_HOW
+from cifarbench.runs import TRIAL_ENV, beside_the_training
 from cifarbench.search.trial import trial_pruning
 from cifarbench.state import load_checkpoint
 from cifarbench.train import fit
@@ -150,10 +150,10 @@ def finished_before(run_dir: Path, cfg: DictConfig) -> dict | None:
 
 
 def _what_it_trains(cfg: DictConfig) -> dict:
-    """The config less where and how it runs and what its preset says of the report (its seed
-    stays: a sweep's jobs may differ in nothing else)."""
+    """The config less what is beside the training (its seed stays: a sweep's jobs may differ in
+    nothing else)."""
     flat = flatten(OmegaConf.to_container(cfg, resolve=True))
-    return {k: v for k, v in flat.items() if not k.startswith((*WHERE_AND_HOW, *ABOUT_THE_REPORT))}
+    return {k: v for k, v in flat.items() if not beside_the_training(k)}
 
 
 def requeued(run_dir: Path) -> bool:
