@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from filelock import FileLock
 
 from cifarbench.data.cache import cache_path
@@ -42,6 +43,18 @@ def precision_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("precision-cache")
     os.environ["CIFARBENCH_CACHE_DIR"] = str(folder)
     return folder
+
+
+@pytest.fixture(scope="session", autouse=True)
+def threads_per_worker() -> int:
+    """pytest-xdist workers share the cores: each worker's runs (its own process and the cifarbench
+    processes it starts) get cores // workers torch threads, as cifarbench gives joblib's parallel
+    sweep jobs; with torch's default (every core each) they oversubscribe the CPU."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
+    return threads
 
 
 @pytest.fixture(scope="session")
