@@ -23,7 +23,7 @@ from pathlib import Path
 VERBOSE_LINE = re.compile(r"^\[(gw\d+)\] \[\s*\d+%\] [A-Z]+ (tests/[\w/]+\.py)::(.+?)\s*$")
 
 
-def test_seconds(junit: Path) -> dict[tuple[str, str], float]:
+def seconds_per_test(junit: Path) -> dict[tuple[str, str], float]:
     """(file, test name) -> seconds, from a junit XML report."""
     seconds = {}
     for case in ET.parse(junit).iter("testcase"):
@@ -48,7 +48,7 @@ def main() -> None:
     parser.add_argument("log", type=Path, nargs="?", help="the `pytest -v` output of the same run")
     args = parser.parse_args()
 
-    seconds = test_seconds(args.junit)
+    seconds = seconds_per_test(args.junit)
     per_file = Counter()
     count = Counter()
     for (file, _), s in seconds.items():

@@ -12,6 +12,7 @@ import torch
 from filelock import FileLock
 
 from cifarbench.data.cache import cache_path
+from cifarbench.train_job import threads_per_job
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
@@ -46,15 +47,13 @@ def precision_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def threads_per_worker() -> int:
+def threads_per_worker() -> None:
     """pytest-xdist workers share the cores: each worker's runs (its own process and the cifarbench
-    processes it starts) get cores // workers torch threads, as cifarbench gives joblib's parallel
-    sweep jobs; with torch's default (every core each) they oversubscribe the CPU."""
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    processes it starts) get the threads cifarbench gives each of joblib's parallel sweep jobs; with
+    torch's default (every core each) they oversubscribe the CPU (docs/performance.md)."""
+    threads = threads_per_job(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
     os.environ["OMP_NUM_THREADS"] = str(threads)
     torch.set_num_threads(threads)
-    return threads
 
 
 @pytest.fixture(scope="session")

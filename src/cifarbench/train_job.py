@@ -161,14 +161,19 @@ def requeued(run_dir: Path) -> bool:
     return (run_dir / "checkpoints" / "last.pt").is_file() and not record.is_completed(run_dir)
 
 
+def threads_per_job(parallel_jobs: int) -> int:
+    """Torch threads for each of `parallel_jobs` processes sharing this machine's cores (negative:
+    as many as there are cores, joblib's n_jobs=-1), so that together they never oversubscribe."""
+    cores = os.cpu_count() or 1
+    return 1 if parallel_jobs < 0 else max(1, cores // max(1, parallel_jobs))
+
+
 def set_threads(cfg: DictConfig) -> None:
-    """`threads`, or for parallel local sweeps (joblib) cores / n_jobs, so jobs never oversubscribe."""
+    """`threads`, or for parallel local sweeps (joblib) cores / n_jobs."""
     threads = cfg.threads
     launcher = HydraConfig.get().launcher
     if threads is None and "Joblib" in str(launcher.get("_target_", "")):
-        n_jobs = launcher.get("n_jobs") or 1
-        cores = os.cpu_count() or 1
-        threads = 1 if n_jobs < 0 else max(1, cores // n_jobs)
+        threads = threads_per_job(launcher.get("n_jobs") or 1)
     if threads:
         torch.set_num_threads(threads)
     log.info("torch threads: %d", torch.get_num_threads())
